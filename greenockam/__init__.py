@@ -1,0 +1,62 @@
+"""greenockam: Ockam-style routed messaging for Python, on gevent.
+
+Workers are greenlets with a plain blocking ``handle_message(ctx, msg)``; a :class:`Node` routes
+messages by address, locally or over TCP, speaking the 2021 Rust Ockam wire protocol byte for byte.
+
+Importing greenockam performs no I/O and never monkey-patches. The library logs with loguru and is
+silent until the application calls ``loguru.logger.enable("greenockam")``.
+"""
+
+from loguru import logger as _logger
+
+from .address import Address, Route
+from .codecs import BARE, BINCODE, RAW, Codec
+from .errors import (
+    AddressError,
+    AddressInUse,
+    ConnectFailed,
+    ConnectionLost,
+    GreenockamError,
+    LocalProtocolError,
+    MailboxFull,
+    NodeStopped,
+    ProtocolError,
+    ReceiveTimeout,
+    RemoteProtocolError,
+    RouteError,
+    TransportError,
+    UnknownAddress,
+    WorkerInitError,
+)
+from .wire import FrameDecoder, TransportMessage, encode_frame
+
+_logger.disable("greenockam")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Address",
+    "Route",
+    "Codec",
+    "BARE",
+    "BINCODE",
+    "RAW",
+    "TransportMessage",
+    "FrameDecoder",
+    "encode_frame",
+    "GreenockamError",
+    "AddressError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "RouteError",
+    "UnknownAddress",
+    "AddressInUse",
+    "MailboxFull",
+    "NodeStopped",
+    "ReceiveTimeout",
+    "WorkerInitError",
+    "TransportError",
+    "ConnectFailed",
+    "ConnectionLost",
+]

@@ -1,0 +1,181 @@
+"""Payload codecs: how a typed message becomes the opaque payload bytes of a TransportMessage.
+
+Two codecs, as Rust Ockam had them (PROTOCOL.md section 5):
+
+* ``bare`` (the default): BARE, used by Rust Ockam from ``ockam_core`` 0.7 on.
+* ``bincode``: the seed example's crates (``ockam_core`` 0.6.0).
+
+Supported message types: ``str``, ``bytes`` (length-prefixed data), ``int`` (u64), ``bool``, the
+unit value ``None`` and :data:`RAW` (the payload bytes as they are, no framing at all). Values are
+never pickled or evaluated. Bad payloads raise :class:`~greenockam.errors.RemoteProtocolError`, an
+unsupported value raises :class:`~greenockam.errors.LocalProtocolError`, with either codec.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .wire import decode_uint, encode_uint
+
+__all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
+
+
+class _Raw:
+    """Marker type: the payload as raw bytes, neither decoded nor length-prefixed."""
+
+    def __repr__(self) -> str:
+        return "RAW"
+
+
+RAW: Any = _Raw()
+
+_u64 = struct.Struct("<Q")
+_BOOL = {b"\x00": False, b"\x01": True}
+
+
+class Codec:
+    """A payload encoding: ``encode(value) -> bytes`` and ``decode(payload, type) -> value``.
+
+    Attributes:
+        name: ``"bare"`` or ``"bincode"``.
+    """
+
+    __slots__ = ("name", "_write_len", "_read_len", "_encoders", "_decoders")
+
+    def __init__(
+        self,
+        name: str,
+        write_len: Callable[[int], bytes],
+        read_len: Callable[[bytes, int, int], Tuple[int, int]],
+    ) -> None:
+        self.name = name
+        self._write_len = write_len
+        self._read_len = read_len
+        self._encoders: Dict[type, Callable[[Any], bytes]] = {
+            str: self._encode_str,
+            bytes: self._encode_bytes,
+            bytearray: self._encode_bytes,
+            memoryview: self._encode_bytes,
+            bool: lambda v: b"\x01" if v else b"\x00",
+            int: self._encode_u64,
+            type(None): lambda v: b"",
+        }
+        self._decoders: Dict[Any, Callable[[bytes], Any]] = {
+            str: self._decode_str,
+            bytes: self._decode_bytes,
+            bool: self._decode_bool,
+            int: self._decode_u64,
+            None: self._decode_unit,
+            type(None): self._decode_unit,
+            RAW: bytes,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Codec {self.name}>"
+
+    def encode(self, value: Any) -> bytes:
+        """Encode ``value`` by its Python type.
+
+        Raises:
+            LocalProtocolError: the type is not supported, or the value does not fit.
+        """
+        try:
+            encoder = self._encoders[type(value)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"the {self.name} codec cannot encode a {type(value).__name__}; "
+                "send str, bytes, int, bool or None"
+            ) from None
+        return encoder(value)
+
+    def decode(self, payload: bytes, message_type: Any = str) -> Any:
+        """Decode ``payload`` as ``message_type`` (``str``, ``bytes``, ``int``, ``bool``,
+        ``None`` or :data:`RAW`). Trailing bytes are an error.
+
+        Raises:
+            RemoteProtocolError: the payload is not a valid value of that type.
+        """
+        try:
+            decoder = self._decoders[message_type]
+        except (KeyError, TypeError):
+            raise LocalProtocolError(
+                f"the {self.name} codec has no decoder for {message_type!r}"
+            ) from None
+        return decoder(payload)
+
+    # -- str and bytes: a length, then the bytes ---------------------------------------------
+
+    def _encode_str(self, value: str) -> bytes:
+        data = value.encode("utf-8")
+        return self._write_len(len(data)) + data
+
+    def _encode_bytes(self, value: Any) -> bytes:
+        data = bytes(value)
+        return self._write_len(len(data)) + data
+
+    def _decode_data(self, payload: bytes, what: str) -> bytes:
+        n, pos = self._read_len(payload, 0, len(payload))
+        if pos + n != len(payload):
+            raise RemoteProtocolError(
+                f"{self.name} {what} announces {n} bytes but the payload holds {len(payload) - pos}"
+            )
+        return payload[pos:]
+
+    def _decode_str(self, payload: bytes) -> str:
+        try:
+            return self._decode_data(payload, "string").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(
+                f"{self.name} string is not valid UTF-8 at byte {exc.start}"
+            ) from None
+
+    def _decode_bytes(self, payload: bytes) -> bytes:
+        return self._decode_data(payload, "data")
+
+    # -- fixed-size values --------------------------------------------------------------------
+
+    def _encode_u64(self, value: int) -> bytes:
+        if not 0 <= value < 1 << 64:
+            raise LocalProtocolError(f"{value} does not fit a u64")
+        return _u64.pack(value)
+
+    def _decode_u64(self, payload: bytes) -> int:
+        if len(payload) != 8:
+            raise RemoteProtocolError(f"a u64 takes 8 bytes, the payload holds {len(payload)}")
+        return _u64.unpack(payload)[0]
+
+    def _decode_bool(self, payload: bytes) -> bool:
+        try:
+            return _BOOL[payload]
+        except KeyError:
+            raise RemoteProtocolError(f"a bool is one byte 00 or 01, got {payload.hex()!r}") from None
+
+    def _decode_unit(self, payload: bytes) -> None:
+        if payload:
+            raise RemoteProtocolError(f"the unit value takes no bytes, the payload holds {len(payload)}")
+        return None
+
+
+def _bincode_read_len(data: bytes, pos: int, end: int) -> Tuple[int, int]:
+    if end - pos < 8:
+        raise RemoteProtocolError(f"bincode length needs 8 bytes, the payload holds {end - pos}")
+    return _u64.unpack_from(data, pos)[0], pos + 8
+
+
+BARE = Codec("bare", encode_uint, decode_uint)
+BINCODE = Codec("bincode", _u64.pack, _bincode_read_len)
+CODECS: Dict[str, Codec] = {"bare": BARE, "bincode": BINCODE}
+
+
+def get_codec(codec: Optional[Any]) -> Codec:
+    """A Codec from its name (``"bare"``, ``"bincode"``) or itself; ``None`` means bare."""
+    if codec is None:
+        return BARE
+    if isinstance(codec, Codec):
+        return codec
+    try:
+        return CODECS[codec]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown codec {codec!r}; choose from {sorted(CODECS)}") from None

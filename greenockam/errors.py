@@ -1,0 +1,98 @@
+"""The one exception tree of greenockam.
+
+Everything the library raises on purpose derives from :class:`GreenockamError`, so an
+application can catch one base class. Protocol errors are split as h11 splits them:
+:class:`LocalProtocolError` means *you* asked for something the protocol cannot carry (a body
+over 65535 bytes), :class:`RemoteProtocolError` means the *peer* sent bytes that are not a valid
+message. Likewise :class:`NodeStopped` ("you closed it") is distinct from
+:class:`ConnectionLost` ("the peer broke it").
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GreenockamError",
+    "AddressError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "RouteError",
+    "UnknownAddress",
+    "AddressInUse",
+    "MailboxFull",
+    "NodeStopped",
+    "ReceiveTimeout",
+    "WorkerInitError",
+    "TransportError",
+    "ConnectFailed",
+    "ConnectionLost",
+]
+
+
+class GreenockamError(Exception):
+    """Base class of every error greenockam raises on purpose."""
+
+
+class AddressError(GreenockamError, ValueError):
+    """Text that is not a valid address or route, e.g. ``"1#a#b"`` or ``"300#x"``."""
+
+
+class ProtocolError(GreenockamError):
+    """Bytes that do not follow the Ockam routing protocol (either direction)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side asked for something the protocol cannot express (e.g. a body over 65535 bytes).
+
+    Raised before anything is written, so the connection stays usable.
+    """
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame or payload.
+
+    The message says what was wrong and at which offset of the body.
+    """
+
+
+class RouteError(GreenockamError, ValueError):
+    """A route that cannot be sent, e.g. an empty onward route."""
+
+
+class UnknownAddress(GreenockamError, LookupError):
+    """No local worker, and no transport for the address type, at the next hop."""
+
+
+class AddressInUse(GreenockamError):
+    """A worker was started on an address that another worker already has."""
+
+
+class MailboxFull(GreenockamError):
+    """The destination worker's mailbox holds ``mailbox_size`` messages already.
+
+    See the README's mailbox policy: a local send never blocks on a full mailbox.
+    """
+
+
+class NodeStopped(GreenockamError):
+    """The node (or the transport) was stopped; it takes no more messages."""
+
+
+class ReceiveTimeout(GreenockamError, TimeoutError):
+    """No message arrived within the timeout given to ``receive`` or ``request``."""
+
+
+class WorkerInitError(GreenockamError):
+    """A worker's ``initialize`` raised; the worker was not started."""
+
+
+class TransportError(GreenockamError, ConnectionError):
+    """A transport could not carry a message."""
+
+
+class ConnectFailed(TransportError):
+    """An outgoing connection could not be opened (refused, unreachable, timed out)."""
+
+
+class ConnectionLost(TransportError):
+    """The peer closed or broke a connection while a message was waiting to go out on it."""
