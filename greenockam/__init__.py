@@ -28,13 +28,20 @@ from .errors import (
     UnknownAddress,
     WorkerInitError,
 )
+from .message import Routed
+from .node import Context, Node
 from .wire import FrameDecoder, TransportMessage, encode_frame
+from .worker import Worker
 
 _logger.disable("greenockam")
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Node",
+    "Context",
+    "Worker",
+    "Routed",
     "Address",
     "Route",
     "Codec",

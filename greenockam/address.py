@@ -55,7 +55,7 @@ class Address(tuple):
             kind, value = "0", text
         elif "#" in value:
             raise AddressError(f"invalid address {text!r}: more than one '#'")
-        if not kind.isdigit() or not 0 <= int(kind) <= 255:
+        if not (kind.isascii() and kind.isdigit()) or not 0 <= int(kind) <= 255:
             raise AddressError(f"invalid address {text!r}: type must be 0-255")
         if not value:
             raise AddressError(f"invalid address {text!r}: empty value")

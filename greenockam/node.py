@@ -1,0 +1,588 @@
+"""The Node: workers, their mailboxes, the router greenlet, request/response and lifecycle.
+
+How a message moves (PROTOCOL.md section 4):
+
+* A **local send** (``Node.send``, ``Context.send`` from any greenlet) is dispatched in the
+  sender's own greenlet, so a bad destination raises right there: type 0 goes into that worker's
+  mailbox, any other type to the transport registered for it.
+* A message **from the network** is handed by its transport to the node's **router greenlet**,
+  which dispatches it by the same rules but never raises and never blocks: what cannot be
+  delivered is logged, counted in :meth:`Node.statistics` and dropped.
+
+Mailbox policy (see the README): a mailbox holds ``mailbox_size`` messages. A local send into a
+full mailbox raises :class:`~greenockam.errors.MailboxFull` at once (never blocks, so two workers
+flooding each other cannot deadlock). A message from the network is always accepted, but when it
+takes a mailbox past ``mailbox_size`` the connection it came on stops reading until the worker
+has drained the mailbox to half, so TCP backpressure reaches the remote sender and memory stays
+bounded by ``mailbox_size`` plus one read per paused connection.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List, Optional, Set, Union
+
+import gevent
+from gevent import Greenlet, GreenletExit, getcurrent
+from gevent.event import AsyncResult
+from gevent.queue import Empty, Queue
+from loguru import logger
+
+from .address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
+from .codecs import RAW, Codec, get_codec
+from .errors import (
+    AddressError,
+    AddressInUse,
+    MailboxFull,
+    NodeStopped,
+    ReceiveTimeout,
+    RemoteProtocolError,
+    RouteError,
+    UnknownAddress,
+    WorkerInitError,
+)
+from .message import Routed
+from .wire import TransportMessage, message
+from .worker import Worker
+
+try:  # Python 3.8+: typing.Protocol
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object  # type: ignore
+
+__all__ = ["Node", "Context", "Transport", "Source"]
+
+_STOP: Any = object()  # wakes a context's receivers when it closes
+_RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
+
+
+class Source(Protocol):
+    """Where a network message came from: a connection that can stop and resume reading."""
+
+    peer: str
+
+    def pause(self) -> None:
+        """Stop reading until :meth:`resume` (flow control)."""
+
+    def resume(self) -> None:
+        """Read again."""
+
+
+class Transport(Protocol):
+    """What a node needs from a transport registered for an address type."""
+
+    def send(self, message: TransportMessage, source: Optional[Source]) -> None:
+        """Carry ``message`` whose next hop has this transport's type.
+
+        ``source is None`` for a local sender: may block (connect, a full write buffer) and raises
+        on failure. Otherwise the message is being forwarded from ``source``: must not block or
+        raise; a failure is logged and counted.
+        """
+
+    def stop(self, timeout: float) -> None:
+        """Close every connection and end every greenlet the transport started."""
+
+
+def random_address() -> str:
+    """32 hex characters, as Ockam's random addresses."""
+    return os.urandom(16).hex()
+
+
+class Context:
+    """A set of local addresses with one mailbox: given to a worker's handlers, or used by the
+    application itself (the node's ``app`` context, and the temporary context of a request).
+
+    Attributes:
+        node: the node this context belongs to.
+        address: the primary address (the first one); messages sent from here carry it as their
+            return route.
+        addresses: every address of this context.
+    """
+
+    __slots__ = (
+        "node",
+        "address",
+        "addresses",
+        "codec",
+        "message_type",
+        "_queue",
+        "_return_route",
+        "_paused",
+        "_low_water",
+        "_stopping",
+        "_greenlet",
+    )
+
+    def __init__(
+        self, node: "Node", addresses: List[Address], codec: Codec, message_type: Any
+    ) -> None:
+        self.node = node
+        self.address = addresses[0]
+        self.addresses = tuple(addresses)
+        self.codec = codec
+        self.message_type = message_type
+        self._queue: Queue = Queue()
+        self._return_route = Route([self.address])
+        self._paused: Set[Source] = set()
+        self._low_water = node.mailbox_size // 2
+        self._stopping = False
+        self._greenlet: Optional[Greenlet] = None
+
+    def __repr__(self) -> str:
+        return f"<Context {self.address}>"
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, route: RouteLike, body: Any) -> None:
+        """Send ``body`` (encoded with this context's codec) along ``route``.
+
+        The return route is this context's address (PROTOCOL.md rule 1).
+
+        Raises:
+            UnknownAddress: no local worker or transport for the next hop.
+            MailboxFull: the local destination's mailbox is full.
+            ConnectFailed: a new TCP connection to the next hop could not be opened.
+            NodeStopped: the node was stopped.
+        """
+        self.node._send_local(
+            message(as_route(route), self._return_route, self.codec.encode(body))
+        )
+
+    def send_payload(self, route: RouteLike, payload: bytes) -> None:
+        """Like :meth:`send`, with ``payload`` already encoded."""
+        self.node._send_local(message(as_route(route), self._return_route, bytes(payload)))
+
+    def reply(self, msg: Routed, body: Any) -> None:
+        """Send ``body`` back along ``msg``'s return route."""
+        self.node._send_local(message(msg.return_route, self._return_route, self.codec.encode(body)))
+
+    def forward(self, msg: Routed) -> None:
+        """Pass ``msg`` on as a middleware hop (PROTOCOL.md rule 5): pop this hop from the onward
+        route, prepend it to the return route, keep the payload unchanged."""
+        tm = msg.transport_message
+        onward = tm[1]
+        if not onward or onward[0] not in self.addresses:
+            raise RouteError(f"{self.address} is not the next hop of {str(onward)!r}")
+        self.node._send_local(message(onward.pop_front(), tm[2].prepend(onward[0]), tm[3], tm[0]))
+
+    def request(
+        self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
+    ) -> Routed:
+        """Send ``body`` from a temporary address and wait for the reply to it.
+
+        The temporary address is removed whether a reply came or not.
+
+        Raises:
+            ReceiveTimeout: no reply within ``timeout`` seconds (``None`` waits forever).
+        """
+        temp = self.node._open_context(None, self.codec, message_type)
+        try:
+            temp.send(route, body)
+            return temp.receive(timeout)
+        finally:
+            self.node._close_context(temp)
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive(self, timeout: Optional[float] = None, message_type: Any = None) -> Routed:
+        """The next message in this context's mailbox; waits up to ``timeout`` seconds
+        (``None``: forever).
+
+        Raises:
+            ReceiveTimeout: nothing arrived in time.
+            NodeStopped: the context was closed while waiting.
+        """
+        try:
+            msg = self._queue.get(True, timeout)
+        except Empty:
+            raise ReceiveTimeout(
+                f"no message for {self.address} within {timeout} seconds"
+            ) from None
+        return self._routed(msg, message_type)
+
+    def receive_nowait(self, message_type: Any = None) -> Routed:
+        """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
+        try:
+            msg = self._queue.get_nowait()
+        except Empty:
+            raise ReceiveTimeout(f"no message waiting for {self.address}") from None
+        return self._routed(msg, message_type)
+
+    def _routed(self, msg: Any, message_type: Any) -> Routed:
+        if msg is _STOP:
+            self._queue.put(_STOP)  # keep waking every other receiver too
+            raise NodeStopped(f"{self.address} was stopped")
+        if self._paused and self._queue.qsize() <= self._low_water:
+            self._resume_sources()
+        return Routed(
+            msg, msg[1][0], self.codec, self.message_type if message_type is None else message_type
+        )
+
+    def _resume_sources(self) -> None:
+        paused, self._paused = self._paused, set()
+        for source in paused:
+            source.resume()
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def start_worker(self, address: Any, worker: Worker) -> Address:
+        """Shorthand for ``ctx.node.start_worker``."""
+        return self.node.start_worker(address, worker)
+
+    def stop_worker(self, address: AddressLike, timeout: float = 5.0) -> None:
+        """Shorthand for ``ctx.node.stop_worker``."""
+        self.node.stop_worker(address, timeout)
+
+
+class Node:
+    """An Ockam node: hosts workers and routes messages between them and to transports.
+
+    Use it as a context manager, which calls :meth:`stop` on exit::
+
+        with Node() as node:
+            node.start_worker("echoer", Echoer())
+            print(node.request(["echoer"], "hi", timeout=5).body)
+
+    The node itself sends and receives as the address ``app`` (as Ockam's main context).
+
+    Args:
+        codec: the default payload codec, ``"bare"`` (default) or ``"bincode"``.
+        mailbox_size: how many messages a mailbox holds before local sends to it raise
+            :class:`MailboxFull` and connections feeding it pause (default :attr:`mailbox_size`).
+
+    Attributes:
+        mailbox_size: class default, 4096 messages.
+        router_queue_size: batches from transports waiting for the router greenlet; a transport
+            blocks (stops reading) when it is full. Class default 1024.
+        stop_timeout: default seconds :meth:`stop` gives workers to finish (5).
+    """
+
+    mailbox_size = 4096
+    router_queue_size = 1024
+    stop_timeout = 5.0
+
+    def __init__(self, codec: Union[str, Codec, None] = None, mailbox_size: Optional[int] = None):
+        self.codec = get_codec(codec)
+        if mailbox_size is not None:
+            if mailbox_size < 1:
+                raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
+            self.mailbox_size = mailbox_size
+        self._state = _RUNNING
+        self._contexts: Dict[str, Context] = {}  # local address value -> its context
+        self._workers: Dict[Context, Worker] = {}
+        self._transports: Dict[int, Transport] = {}
+        self._inbox: Queue = Queue(self.router_queue_size)
+        self._routed = 0
+        self._handler_errors = 0
+        self._dropped: Dict[str, int] = {}
+        self._app = self._open_context("app", self.codec, str)
+        self._router = Greenlet.spawn(self._route_incoming)
+
+    def __repr__(self) -> str:
+        return f"<Node {self._state}, {len(self._workers)} workers>"
+
+    def __enter__(self) -> "Node":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- the app context --------------------------------------------------------------------
+
+    @property
+    def context(self) -> Context:
+        """The node's own context, address ``app``."""
+        return self._app
+
+    @property
+    def address(self) -> Address:
+        """``0#app``."""
+        return self._app.address
+
+    def send(self, route: RouteLike, body: Any) -> None:
+        """Send from ``app``; see :meth:`Context.send`."""
+        self._app.send(route, body)
+
+    def receive(self, timeout: Optional[float] = None, message_type: Any = None) -> Routed:
+        """Receive at ``app``; see :meth:`Context.receive`."""
+        return self._app.receive(timeout, message_type)
+
+    def receive_nowait(self, message_type: Any = None) -> Routed:
+        """See :meth:`Context.receive_nowait`."""
+        return self._app.receive_nowait(message_type)
+
+    def request(
+        self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
+    ) -> Routed:
+        """See :meth:`Context.request`."""
+        return self._app.request(route, body, timeout, message_type)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def start_worker(
+        self, address: Union[AddressLike, Iterable[AddressLike], None], worker: Worker
+    ) -> Address:
+        """Start ``worker`` in a new greenlet at ``address`` (one address, several, or ``None``
+        for a random one); returns the primary address once ``initialize`` has returned.
+
+        Raises:
+            AddressInUse: an address already has a worker or context.
+            WorkerInitError: ``initialize`` raised; the worker is not started.
+        """
+        if not isinstance(worker, Worker):
+            raise TypeError(f"start_worker needs a Worker, got {type(worker).__name__}")
+        codec = get_codec(worker.codec) if worker.codec is not None else self.codec
+        ctx = self._open_context(address, codec, worker.message_type)
+        started = AsyncResult()
+        ctx._greenlet = Greenlet.spawn(self._run_worker, ctx, worker, started)
+        self._workers[ctx] = worker
+        started.get()
+        return ctx.address
+
+    def stop_worker(self, address: AddressLike, timeout: float = 5.0) -> None:
+        """Stop the worker at ``address``: it finishes the message in hand, runs ``shutdown``;
+        messages still in its mailbox are dropped (counted as ``stopped``). Waits up to
+        ``timeout`` seconds, then kills it.
+
+        Raises:
+            UnknownAddress: no worker there.
+        """
+        addr = Address.parse(address)
+        ctx = self._contexts.get(addr[1]) if addr[0] == LOCAL else None
+        if ctx is None or ctx not in self._workers:
+            raise UnknownAddress(f"no worker at {addr}")
+        self._signal_stop(ctx)
+        greenlet = ctx._greenlet
+        if greenlet is not None and greenlet is not getcurrent():
+            greenlet.join(timeout)
+            if not greenlet.dead:
+                logger.warning("worker {} did not stop within {}s; killing it", addr, timeout)
+                greenlet.kill()
+
+    def _signal_stop(self, ctx: Context) -> None:
+        ctx._stopping = True
+        ctx._queue.put(_STOP)
+
+    def _run_worker(self, ctx: Context, worker: Worker, started: AsyncResult) -> None:
+        try:
+            worker.initialize(ctx)
+        except Exception as exc:
+            self._workers.pop(ctx, None)
+            self._close_context(ctx)
+            logger.opt(exception=exc).error("worker {} failed to initialize", ctx.address)
+            started.set_exception(
+                WorkerInitError(f"worker {ctx.address} failed to initialize: {exc!r}")
+            )
+            return
+        started.set(ctx.address)
+        handle = worker.handle_message
+        receive = ctx.receive
+        decode_eagerly = ctx.message_type is not RAW
+        try:
+            while not ctx._stopping:
+                msg = receive()
+                try:
+                    if decode_eagerly:
+                        msg.body
+                    handle(ctx, msg)
+                except RemoteProtocolError as exc:
+                    self._drop("bad_payload", msg.transport_message, exc)
+                except NodeStopped:
+                    if not ctx._stopping:
+                        raise
+                except Exception:
+                    self._handler_errors += 1
+                    logger.opt(exception=True).error(
+                        "worker {} failed to handle a message from {}",
+                        ctx.address,
+                        str(msg.return_route)[:200],
+                    )
+        except (NodeStopped, GreenletExit):
+            pass
+        finally:
+            self._workers.pop(ctx, None)
+            self._close_context(ctx)
+            try:
+                worker.shutdown(ctx)
+            except Exception:
+                logger.opt(exception=True).error("worker {} failed in shutdown", ctx.address)
+
+    # -- contexts and their addresses -------------------------------------------------------
+
+    def _open_context(self, address: Any, codec: Codec, message_type: Any) -> Context:
+        if self._state == _STOPPED:
+            raise NodeStopped("the node is stopped")
+        if address is None:
+            addresses = [Address(LOCAL, random_address())]
+        elif isinstance(address, (str, Address)):
+            addresses = [Address.parse(address)]
+        else:
+            addresses = [Address.parse(a) for a in address]
+            if not addresses:
+                raise AddressError("a worker needs at least one address")
+        for addr in addresses:
+            if addr[0] != LOCAL:
+                raise AddressError(f"a worker address must be local (type 0), got {addr}")
+            if addr[1] in self._contexts:
+                raise AddressInUse(f"address {addr} is already in use")
+        ctx = Context(self, addresses, codec, message_type)
+        for addr in addresses:
+            self._contexts[addr[1]] = ctx
+        return ctx
+
+    def _close_context(self, ctx: Context) -> None:
+        for addr in ctx.addresses:
+            if self._contexts.get(addr[1]) is ctx:
+                del self._contexts[addr[1]]
+        left = ctx._queue.qsize()
+        while left:
+            item = ctx._queue.get_nowait()
+            left -= 1
+            if item is not _STOP:
+                self._drop("stopped", item, None)
+        ctx._queue.put(_STOP)  # wakes anyone still waiting in receive()
+        ctx._resume_sources()
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def register_transport(self, address_type: int, transport: Transport) -> None:
+        """Route messages whose next hop has ``address_type`` to ``transport``."""
+        if address_type == LOCAL:
+            raise ValueError("address type 0 is the node's own")
+        if address_type in self._transports:
+            raise ValueError(f"a transport for address type {address_type} is registered")
+        self._transports[address_type] = transport
+
+    def _send_local(self, msg: TransportMessage) -> None:
+        """Dispatch from a local sender: any failure raises to it."""
+        if self._state == _STOPPED:
+            raise NodeStopped("the node is stopped")
+        onward = msg[1]
+        if not onward:
+            raise RouteError("cannot send along an empty onward route")
+        kind, value = onward[0]
+        if kind == LOCAL:
+            ctx = self._contexts.get(value)
+            if ctx is None:
+                raise UnknownAddress(f"no worker at {onward[0]}")
+            if ctx._queue.qsize() >= self.mailbox_size:
+                self._count_drop("mailbox_full")
+                raise MailboxFull(f"the mailbox of {onward[0]} holds {self.mailbox_size} messages")
+            ctx._queue.put(msg)
+        else:
+            transport = self._transports.get(kind)
+            if transport is None:
+                raise UnknownAddress(f"no transport for address type {kind} (next hop {onward[0]})")
+            transport.send(msg, None)
+        self._routed += 1
+
+    def deliver(self, messages: List[TransportMessage], source: Source) -> None:
+        """Hand messages that arrived from the network to the router greenlet (for transports).
+
+        Blocks while the router's queue is full, so a flood slows the connection that carries it.
+        """
+        self._inbox.put((messages, source))
+
+    def _route_incoming(self) -> None:
+        """The router greenlet: dispatch what transports deliver; never raises, never blocks."""
+        contexts = self._contexts
+        transports = self._transports
+        get = self._inbox.get
+        while True:
+            messages, source = get()
+            for msg in messages:
+                onward = msg[1]
+                if not onward:
+                    self._drop("empty_route", msg, source)
+                    continue
+                kind, value = onward[0]
+                if kind == LOCAL:
+                    ctx = contexts.get(value)
+                    if ctx is None:
+                        self._drop("unknown_address", msg, source)
+                        continue
+                    queue = ctx._queue
+                    queue.put(msg)
+                    if queue.qsize() > self.mailbox_size and source not in ctx._paused:
+                        ctx._paused.add(source)
+                        source.pause()
+                else:
+                    transport = transports.get(kind)
+                    if transport is None:
+                        self._drop("unknown_transport", msg, source)
+                        continue
+                    transport.send(msg, source)
+                self._routed += 1
+
+    def _count_drop(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+
+    def _drop(self, reason: str, msg: TransportMessage, cause: Any) -> None:
+        """Count and log a message that cannot be delivered (never raises)."""
+        self._count_drop(reason)
+        origin = getattr(cause, "peer", None)
+        logger.warning(
+            "dropped a message ({}): onward {!r}, return {!r}, {} payload bytes{}",
+            reason,
+            str(msg[1])[:200],
+            str(msg[2])[:200],
+            len(msg[3]),
+            f", from {origin}" if origin else (f": {cause}" if cause else ""),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """False once :meth:`stop` has begun."""
+        return self._state == _RUNNING
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop the node: the router greenlet ends, every worker finishes the message in hand
+        and runs ``shutdown``, transports close their connections; anything left in a mailbox is
+        dropped. Waits up to ``timeout`` seconds (default :attr:`stop_timeout`) for workers, then
+        kills them. Idempotent; afterwards every send raises :class:`NodeStopped`.
+        """
+        if self._state != _RUNNING:
+            return
+        self._state = _STOPPING
+        timeout = self.stop_timeout if timeout is None else timeout
+        self._router.kill()
+        while self._inbox.qsize():
+            messages, source = self._inbox.get_nowait()
+            for msg in messages:
+                self._drop("stopped", msg, source)
+        current = getcurrent()
+        workers = [ctx._greenlet for ctx in list(self._workers) if ctx._greenlet is not current]
+        for ctx in list(self._workers):
+            self._signal_stop(ctx)
+        gevent.joinall(workers, timeout)
+        stuck = [g for g in workers if not g.dead]
+        if stuck:
+            logger.warning("{} workers did not stop within {}s; killing them", len(stuck), timeout)
+            gevent.killall(stuck, block=True, timeout=1)
+        for transport in self._transports.values():
+            transport.stop(timeout)
+        self._state = _STOPPED
+        for ctx in list(self._contexts.values()):
+            self._close_context(ctx)
+        logger.debug("node stopped: {}", self.statistics())
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def statistics(self) -> Dict[str, Any]:
+        """Plain numbers: ``workers``, ``messages_routed``, ``handler_errors``, ``dropped`` (by
+        reason), ``router_queue`` (batches waiting) and ``mailbox_depths`` (primary address ->
+        messages waiting, for every context with any)."""
+        contexts = set(self._contexts.values())
+        return {
+            "state": self._state,
+            "workers": len(self._workers),
+            "messages_routed": self._routed,
+            "handler_errors": self._handler_errors,
+            "dropped": dict(self._dropped),
+            "router_queue": self._inbox.qsize(),
+            "mailbox_depths": {
+                str(ctx.address): ctx._queue.qsize() for ctx in contexts if ctx._queue.qsize()
+            },
+        }
