@@ -240,13 +240,19 @@ def encode_body(msg: TransportMessage) -> bytes:
     return encode_frame(msg)[2:]
 
 
-def encode_frame(msg: TransportMessage) -> bytes:
+def encode_frame(msg: TransportMessage, pop_first: bool = False) -> bytes:
     """Length prefix + body, ready for the socket.
+
+    Args:
+        pop_first: leave out the first hop of the onward route, as a transport does when it
+            sends to that hop (PROTOCOL.md rule 3), without building the shorter route.
 
     Raises:
         LocalProtocolError: the body would exceed 65535 bytes (nothing is written).
     """
     version, onward, ret, payload = msg
+    if pop_first:
+        onward = onward[1:]  # a plain tuple: equal to (and cached like) the Route it stands for
     onward_raw = _encoded_routes.get(onward) or encode_route(onward)
     return_raw = _encoded_routes.get(ret) or encode_route(ret)
     n = len(payload)

@@ -1,0 +1,5 @@
+"""Transports: how a node reaches addresses of types other than 0."""
+
+from .tcp import TcpTransport
+
+__all__ = ["TcpTransport"]
