@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Echo client, as Ockam's node-networking example: sends one message to
+``[1#HOST:PORT, echo_service]`` (or along ``--route``) and prints the reply.
+
+    python scripts/echo_client.py [HOST:PORT] [--codec bare|bincode] [--message TEXT]
+                                  [--route ROUTE] [--timeout SECONDS]
+
+``--route "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"`` goes through several nodes.
+Exits 0 with the reply on stdout; 1 with a one-line error on a refused connection, a timeout or
+a bad argument.
+"""
+
+import argparse
+import sys
+
+from loguru import logger
+
+from greenockam import GreenockamError, Node, ReceiveTimeout, Route
+from greenockam.transport.tcp import TcpTransport, parse_host_port
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="greenockam echo client")
+    parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="server HOST:PORT")
+    parser.add_argument("--codec", choices=["bare", "bincode"], default="bare")
+    parser.add_argument("--message", default="Hello you over there!")
+    parser.add_argument("--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"')
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    parser.add_argument("--log-level", default="INFO", type=str.upper)
+    args = parser.parse_args(argv)
+    try:
+        parse_host_port(args.address)
+        route = Route.parse(args.route) if args.route else Route([f"1#{args.address}", "echo_service"])
+    except ValueError:
+        print("Usage: echo_client.py <ip>:<port> [--route ROUTE]", file=sys.stderr)
+        return 1
+
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level)
+    logger.enable("greenockam")
+
+    with Node(codec=args.codec) as node:
+        TcpTransport(node, connect_timeout=args.timeout)
+        try:
+            node.send(route, args.message)
+            reply = node.receive(timeout=args.timeout)
+            body = reply.body
+        except ReceiveTimeout:
+            print(f"error: no reply from {route} within {args.timeout} s", file=sys.stderr)
+            return 1
+        except GreenockamError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        logger.info("Received return message: '{}' via {}", body, reply.return_route)
+        print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

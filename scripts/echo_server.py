@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Echo server, as Ockam's node-networking example: a worker ``echo_service`` answers every
+message with its body, over TCP on HOST:PORT (default 127.0.0.1:10222).
+
+    python scripts/echo_server.py [HOST:PORT] [--codec bare|bincode] [--log-level LEVEL]
+
+Runs until SIGINT or SIGTERM, then finishes the messages in hand, closes its connections and
+exits 0.
+"""
+
+import argparse
+import signal
+import sys
+
+import gevent
+from gevent.event import Event
+from loguru import logger
+
+from greenockam import Node, Worker
+from greenockam.transport.tcp import TcpTransport, parse_host_port
+
+
+class Responder(Worker):
+    """Sends every message back to where it came from."""
+
+    def __init__(self, log_each: bool) -> None:
+        self.log_each = log_each
+
+    def handle_message(self, ctx, msg):
+        if self.log_each:
+            logger.info("Responder: {}", msg.body)
+        ctx.reply(msg, msg.body)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="greenockam echo server")
+    parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="HOST:PORT to bind")
+    parser.add_argument("--codec", choices=["bare", "bincode"], default="bare")
+    parser.add_argument("--log-level", default="INFO", type=str.upper)
+    args = parser.parse_args(argv)
+    try:
+        parse_host_port(args.address)
+    except ValueError:
+        print("Usage: echo_server.py <ip>:<port>", file=sys.stderr)
+        return 1
+
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level)
+    logger.enable("greenockam")
+
+    stop = Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, stop.set)
+
+    node = Node(codec=args.codec)
+    try:
+        bound = TcpTransport(node).listen(args.address)
+        node.start_worker("echo_service", Responder(logger.level(args.log_level).no <= 20))
+        # A line the caller can wait for (the bound port matters when asked for port 0).
+        print(f"echo_service listening on {bound}", flush=True)
+        stop.wait()
+        logger.info("stopping")
+    except OSError as exc:
+        print(f"error: cannot listen on {args.address}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
