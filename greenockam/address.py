@@ -21,6 +21,13 @@ TCP = 1
 _new_tuple = tuple.__new__
 
 
+def _check_utf8(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AddressError(f"address value {value!r} cannot be encoded as UTF-8") from None
+
+
 class Address(tuple):
     """One hop of a route: a transport type (0-255) and a value.
 
@@ -37,6 +44,7 @@ class Address(tuple):
             raise AddressError(f"address type must be an int 0-255, got {type!r}")
         if not isinstance(value, str) or not value:
             raise AddressError(f"address value must be a non-empty str, got {value!r}")
+        _check_utf8(value)
         return _new_tuple(cls, (type, value))
 
     @classmethod
@@ -59,6 +67,7 @@ class Address(tuple):
             raise AddressError(f"invalid address {text!r}: type must be 0-255")
         if not value:
             raise AddressError(f"invalid address {text!r}: empty value")
+        _check_utf8(value)
         return _new_tuple(cls, (int(kind), value))
 
     @property

@@ -108,7 +108,10 @@ class Codec:
     # -- str and bytes: a length, then the bytes ---------------------------------------------
 
     def _encode_str(self, value: str) -> bytes:
-        data = value.encode("utf-8")
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"the string cannot be encoded as UTF-8: {exc}") from None
         return self._write_len(len(data)) + data
 
     def _encode_bytes(self, value: Any) -> bytes:

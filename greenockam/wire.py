@@ -58,7 +58,11 @@ class TransportMessage(tuple):
     def __new__(
         cls, onward_route: Route, return_route: Route, payload: bytes, version: int = VERSION
     ) -> "TransportMessage":
-        return _new_tuple(cls, (version, onward_route, return_route, bytes(payload)))
+        if not 0 <= version <= 255:
+            raise LocalProtocolError(f"the version is one byte, got {version}")
+        return _new_tuple(
+            cls, (version, Route(onward_route), Route(return_route), bytes(payload))
+        )
 
     @property
     def version(self) -> int:
@@ -214,9 +218,9 @@ def _parse_routes(data: bytes, pos: int, end: int, base: int) -> Tuple[Route, Ro
                 count -= 1
     except IndexError:
         p = end + 1
-    if p <= end:
-        key = data[pos:p]
-        routes = _decoded_routes.get(key)
+    canonical = p <= end  # every uint took one byte: the raw bytes are our own encoding too
+    if canonical:
+        routes = _decoded_routes.get(data[pos:p])
         if routes is not None:
             return routes[0], routes[1], p
     onward, mid = _parse_route(data, pos, end, base, "onward")
@@ -224,11 +228,12 @@ def _parse_routes(data: bytes, pos: int, end: int, base: int) -> Tuple[Route, Ro
     if len(_decoded_routes) >= _ROUTE_CACHE_SIZE:
         _decoded_routes.clear()
     _decoded_routes[data[pos:p]] = (onward, ret)
-    # A reply or a forward encodes these routes (or their tails) next: have them ready.
-    if len(_encoded_routes) >= _ROUTE_CACHE_SIZE:
-        _encoded_routes.clear()
-    _encoded_routes[onward] = data[pos:mid]
-    _encoded_routes[ret] = data[mid:p]
+    if canonical:
+        # A reply or a forward encodes these routes (or their tails) next: have them ready.
+        if len(_encoded_routes) >= _ROUTE_CACHE_SIZE:
+            _encoded_routes.clear()
+        _encoded_routes[onward] = data[pos:mid]
+        _encoded_routes[ret] = data[mid:p]
     return onward, ret, p
 
 
@@ -314,6 +319,8 @@ class FrameDecoder:
         """Add bytes; return the messages they complete."""
         if self._failed:
             raise RemoteProtocolError("the stream already held a malformed frame")
+        if type(data) is not bytes:
+            data = bytes(data)  # the route cache keys on slices, which must be hashable
         buffer = self._buffer
         if buffer:
             buffer += data
