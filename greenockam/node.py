@@ -381,16 +381,17 @@ class Node:
         try:
             while not ctx._stopping:
                 msg = receive()
-                try:
-                    if decode_eagerly:
+                if decode_eagerly:
+                    try:
                         msg.body
+                    except RemoteProtocolError as exc:
+                        self._drop("bad_payload", msg.transport_message, exc)
+                        continue
+                try:
                     handle(ctx, msg)
-                except RemoteProtocolError as exc:
-                    self._drop("bad_payload", msg.transport_message, exc)
-                except NodeStopped:
-                    if not ctx._stopping:
-                        raise
-                except Exception:
+                except Exception as exc:
+                    if isinstance(exc, NodeStopped) and ctx._stopping:
+                        continue  # woken by this worker's own stop: the loop ends here
                     self._handler_errors += 1
                     logger.opt(exception=True).error(
                         "worker {} failed to handle a message from {}",
@@ -480,7 +481,13 @@ class Node:
         """Hand messages that arrived from the network to the router greenlet (for transports).
 
         Blocks while the router's queue is full, so a flood slows the connection that carries it.
+        Once :meth:`stop` has begun (the router is gone) the messages are dropped and counted as
+        ``stopped``, without blocking.
         """
+        if self._state != _RUNNING:
+            for msg in messages:
+                self._drop("stopped", msg, source)
+            return
         self._inbox.put((messages, source))
 
     def _route_incoming(self) -> None:
