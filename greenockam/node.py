@@ -5,9 +5,12 @@ How a message moves (PROTOCOL.md section 4):
 * A **local send** (``Node.send``, ``Context.send`` from any greenlet) is dispatched in the
   sender's own greenlet, so a bad destination raises right there: type 0 goes into that worker's
   mailbox, any other type to the transport registered for it.
-* A message **from the network** is handed by its transport to the node's **router greenlet**,
-  which dispatches it by the same rules but never raises and never blocks: what cannot be
-  delivered is logged, counted in :meth:`Node.statistics` and dropped.
+* Input **from the network** is read by the node's **router greenlet**: a transport tells the
+  node that a connection is readable (:meth:`Node.readable`, from an I/O callback), and the router
+  reads it (non-blocking), decodes it and dispatches each message by the same rules. It never
+  raises and never blocks: what cannot be delivered is logged, counted in
+  :meth:`Node.statistics` and dropped. One greenlet serves every connection, so a message costs
+  no greenlet switch between reading and its worker, and a connection costs no greenlet.
 
 Mailbox policy (see the README): a mailbox holds ``mailbox_size`` messages. A local send into a
 full mailbox raises :class:`~greenockam.errors.MailboxFull` at once (never blocks, so two workers
@@ -20,10 +23,11 @@ bounded by ``mailbox_size`` plus one read per paused connection.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Optional, Set, Union
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import gevent
-from gevent import Greenlet, GreenletExit, getcurrent
+from gevent import Greenlet, GreenletExit, get_hub, getcurrent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
 from loguru import logger
@@ -57,9 +61,16 @@ _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
 
 
 class Source(Protocol):
-    """Where a network message came from: a connection that can stop and resume reading."""
+    """Where network messages come from: a connection that can be read, paused and resumed."""
 
     peer: str
+
+    def read(self) -> List[TransportMessage]:
+        """Read what is available without blocking and return the messages it completes.
+
+        Called by the router greenlet after :meth:`Node.readable`; handles its own errors
+        (a broken or malformed connection closes itself and returns what it decoded before).
+        """
 
     def pause(self) -> None:
         """Stop reading until :meth:`resume` (flow control)."""
@@ -252,13 +263,10 @@ class Node:
 
     Attributes:
         mailbox_size: class default, 4096 messages.
-        router_queue_size: batches from transports waiting for the router greenlet; a transport
-            blocks (stops reading) when it is full. Class default 1024.
         stop_timeout: default seconds :meth:`stop` gives workers to finish (5).
     """
 
     mailbox_size = 4096
-    router_queue_size = 1024
     stop_timeout = 5.0
 
     def __init__(self, codec: Union[str, Codec, None] = None, mailbox_size: Optional[int] = None):
@@ -271,7 +279,9 @@ class Node:
         self._contexts: Dict[str, Context] = {}  # local address value -> its context
         self._workers: Dict[Context, Worker] = {}
         self._transports: Dict[int, Transport] = {}
-        self._inbox: Queue = Queue(self.router_queue_size)
+        self._ready: Deque[Tuple[Source, Optional[List[TransportMessage]]]] = deque()
+        self._router_idle = False
+        self._hub = get_hub()
         self._routed = 0
         self._handler_errors = 0
         self._dropped: Dict[str, int] = {}
@@ -477,49 +487,78 @@ class Node:
             transport.send(msg, None)
         self._routed += 1
 
-    def deliver(self, messages: List[TransportMessage], source: Source) -> None:
-        """Hand messages that arrived from the network to the router greenlet (for transports).
+    def readable(self, source: Source) -> None:
+        """Tell the router greenlet that ``source`` has input (for transports; call it once per
+        readiness, typically from an I/O watcher's callback in the hub)."""
+        if self._state == _RUNNING:
+            self._ready.append((source, None))
+            self._wake_router()
 
-        Blocks while the router's queue is full, so a flood slows the connection that carries it.
-        Once :meth:`stop` has begun (the router is gone) the messages are dropped and counted as
-        ``stopped``, without blocking.
+    def deliver(self, messages: List[TransportMessage], source: Source) -> None:
+        """Hand messages that arrived from ``source`` to the router greenlet (for transports that
+        decode their input themselves). Never blocks; a transport paces itself by honouring
+        ``source.pause()``. Once :meth:`stop` has begun the messages are dropped and counted as
+        ``stopped``.
         """
         if self._state != _RUNNING:
             for msg in messages:
                 self._drop("stopped", msg, source)
             return
-        self._inbox.put((messages, source))
+        self._ready.append((source, messages))
+        self._wake_router()
+
+    def _wake_router(self) -> None:
+        if self._router_idle:
+            self._router_idle = False
+            if getcurrent() is self._hub:
+                self._resume_router()  # from an I/O callback: straight into the router
+            else:
+                self._hub.loop.run_callback(self._resume_router)
+
+    def _resume_router(self) -> None:
+        if not self._router.dead:
+            self._router.switch()
 
     def _route_incoming(self) -> None:
-        """The router greenlet: dispatch what transports deliver; never raises, never blocks."""
+        """The router greenlet: read what is ready, dispatch it; never raises, never blocks."""
         contexts = self._contexts
         transports = self._transports
-        get = self._inbox.get
+        ready = self._ready
+        hub = self._hub
         while True:
-            messages, source = get()
-            for msg in messages:
-                onward = msg[1]
-                if not onward:
-                    self._drop("empty_route", msg, source)
-                    continue
-                kind, value = onward[0]
-                if kind == LOCAL:
-                    ctx = contexts.get(value)
-                    if ctx is None:
-                        self._drop("unknown_address", msg, source)
+            while ready:
+                source, messages = ready.popleft()
+                if messages is None:
+                    try:
+                        messages = source.read()
+                    except Exception:  # a transport bug must not take the router down
+                        logger.opt(exception=True).error("reading from {} failed", source.peer)
                         continue
-                    queue = ctx._queue
-                    queue.put(msg)
-                    if queue.qsize() > self.mailbox_size and source not in ctx._paused:
-                        ctx._paused.add(source)
-                        source.pause()
-                else:
-                    transport = transports.get(kind)
-                    if transport is None:
-                        self._drop("unknown_transport", msg, source)
+                for msg in messages:
+                    onward = msg[1]
+                    if not onward:
+                        self._drop("empty_route", msg, source)
                         continue
-                    transport.send(msg, source)
-                self._routed += 1
+                    kind, value = onward[0]
+                    if kind == LOCAL:
+                        ctx = contexts.get(value)
+                        if ctx is None:
+                            self._drop("unknown_address", msg, source)
+                            continue
+                        queue = ctx._queue
+                        queue.put(msg)
+                        if queue.qsize() > self.mailbox_size and source not in ctx._paused:
+                            ctx._paused.add(source)
+                            source.pause()
+                    else:
+                        transport = transports.get(kind)
+                        if transport is None:
+                            self._drop("unknown_transport", msg, source)
+                            continue
+                        transport.send(msg, source)
+                    self._routed += 1
+            self._router_idle = True
+            hub.switch()  # until _wake_router switches back
 
     def _count_drop(self, reason: str) -> None:
         self._dropped[reason] = self._dropped.get(reason, 0) + 1
@@ -555,9 +594,9 @@ class Node:
         self._state = _STOPPING
         timeout = self.stop_timeout if timeout is None else timeout
         self._router.kill()
-        while self._inbox.qsize():
-            messages, source = self._inbox.get_nowait()
-            for msg in messages:
+        while self._ready:
+            source, messages = self._ready.popleft()
+            for msg in messages or ():
                 self._drop("stopped", msg, source)
         current = getcurrent()
         workers = [ctx._greenlet for ctx in list(self._workers) if ctx._greenlet is not current]
@@ -588,7 +627,7 @@ class Node:
             "messages_routed": self._routed,
             "handler_errors": self._handler_errors,
             "dropped": dict(self._dropped),
-            "router_queue": self._inbox.qsize(),
+            "router_queue": len(self._ready),
             "mailbox_depths": {
                 str(ctx.address): ctx._queue.qsize() for ctx in contexts if ctx._queue.qsize()
             },

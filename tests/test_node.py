@@ -1078,7 +1078,7 @@ def test_deliver_after_stop_drops_and_counts_without_ever_blocking_the_transport
     node = Node()
     node.stop()
     src = RecordingSource()
-    batches = 2 * Node.router_queue_size  # more than the router queue holds
+    batches = 2048  # more than the router queue holds
 
     def flood_the_router():
         for _ in range(batches):

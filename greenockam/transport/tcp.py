@@ -4,10 +4,11 @@ The only module of greenockam that touches sockets. It follows PROTOCOL.md secti
 
 * Sending: the ``1#host:port`` hop is popped from the onward route and the frame is written on the
   connection keyed by that exact string, opened on demand and reused afterwards.
-* Receiving: each connection's reader feeds a :class:`~greenockam.wire.FrameDecoder` that
-  prepends ``1#<peer>`` to every return route, and hands the messages to the node's router. An
-  accepted connection is keyed by the peer as Rust prints it (``127.0.0.1:54321``,
-  ``[::1]:54321``), so replies go back over the same socket.
+* Receiving: a connection's read watcher tells the node's router greenlet it is readable; the
+  router calls :meth:`Connection.read`, which reads without blocking and feeds a
+  :class:`~greenockam.wire.FrameDecoder` that prepends ``1#<peer>`` to every return route. No
+  greenlet per connection. An accepted connection is keyed by the peer as Rust prints it
+  (``127.0.0.1:54321``, ``[::1]:54321``), so replies go back over the same socket.
 
 Writes are never made from the sending greenlet: frames are appended to the connection's output
 list and one hub callback per loop iteration sends them all with a single ``send`` (coalescing,
@@ -18,15 +19,14 @@ objects driven by gevent watchers; nothing is monkey-patched.
 
 from __future__ import annotations
 
-import errno
 import socket
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import gevent
 import gevent.socket
-from gevent import Greenlet, GreenletExit, get_hub
+from gevent import GreenletExit, get_hub
 from gevent.event import Event
-from gevent.pool import Group, Pool
+from gevent.pool import Group
 from gevent.server import StreamServer
 from loguru import logger
 
@@ -72,11 +72,11 @@ class Connection:
         "peer",
         "accepted",
         "_transport",
+        "_node",
         "_sock",
         "_state",
         "_error",
         "_ready",
-        "_reader",
         "_out",
         "_out_bytes",
         "_flush_pending",
@@ -84,30 +84,32 @@ class Connection:
         "_read_watcher",
         "_drained",
         "_paused_sources",
-        "_resume",
         "_paused",
-        "_address",
+        "_queued",
+        "_decoder",
+        "_last_read",
     )
 
     def __init__(self, transport: "TcpTransport", peer: str, accepted: bool) -> None:
         self.peer = peer
         self.accepted = accepted
         self._transport = transport
+        self._node = transport.node
         self._sock: Optional[socket.socket] = None
         self._state = _CONNECTING
         self._error: Optional[BaseException] = None
         self._ready: Optional[Event] = None
-        self._reader: Optional[Greenlet] = None
         self._out: List[bytes] = []
         self._out_bytes = 0
         self._flush_pending = False
-        self._write_watcher: Any = None
+        self._write_watcher: Any = None  # made when the kernel buffer first fills
         self._read_watcher: Any = None
         self._drained: Optional[Event] = None
         self._paused_sources: Set[Source] = set()
-        self._resume: Optional[Event] = None
         self._paused = False
-        self._address = Address(TCP, peer)
+        self._queued = False  # the router has been told we are readable and has not read yet
+        self._decoder = FrameDecoder(Address(TCP, peer))
+        self._last_read = 0.0
 
     def __repr__(self) -> str:
         state = ("connecting", "open", "closed")[self._state]
@@ -118,15 +120,14 @@ class Connection:
     def pause(self) -> None:
         """Stop reading (the node's router calls this when a mailbox overflows)."""
         self._paused = True
-        if self._resume is None:
-            self._resume = Event()
-        self._resume.clear()
+        if self._read_watcher is not None:
+            self._read_watcher.stop()
 
     def resume(self) -> None:
         """Read again."""
         self._paused = False
-        if self._resume is not None:
-            self._resume.set()
+        if self._state == _OPEN:
+            self._read_watcher.start(self._on_readable)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -135,9 +136,11 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = get_hub().loop
         self._sock = sock
+        self._last_read = loop.now()
         self._read_watcher = loop.io(sock.fileno(), 1)
-        self._write_watcher = loop.io(sock.fileno(), 2)
         self._state = _OPEN
+        if not self._paused:
+            self._read_watcher.start(self._on_readable)
         if self._ready is not None:
             self._ready.set()
         if self._out:
@@ -173,7 +176,7 @@ class Connection:
         """Runs in the hub: one ``send`` of everything queued; never blocks."""
         self._flush_pending = False
         out = self._out
-        if not out or self._state != _OPEN or self._write_watcher.active:
+        if not out or self._state != _OPEN or (self._write_watcher and self._write_watcher.active):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         try:
@@ -192,6 +195,8 @@ class Connection:
             # The kernel buffer is full: keep the rest and wait until the socket is writable.
             out[:] = [data[sent:]]
             self._out_bytes = len(data) - sent
+            if self._write_watcher is None:
+                self._write_watcher = get_hub().loop.io(self._sock.fileno(), 2)  # type: ignore
             self._write_watcher.start(self._on_writable)
 
     def _on_writable(self) -> None:
@@ -217,62 +222,52 @@ class Connection:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read_loop(self, idle_timeout: Optional[float]) -> None:
-        """The reader greenlet: recv, decode, hand to the router, until EOF or an error."""
-        sock = self._sock
-        assert sock is not None
-        recv = sock.recv
-        hub = get_hub()
-        watcher = self._read_watcher
-        decoder = FrameDecoder(self._address)
-        feed = decoder.feed
-        deliver = self._transport.node.deliver
-        read_size = self._transport.read_size
-        reason: Any = None
+    def _on_readable(self) -> None:
+        """The read watcher's callback, in the hub: queue this connection for the router once."""
+        if not self._queued:
+            self._queued = True
+            self._node.readable(self)
+
+    def read(self) -> List[TransportMessage]:
+        """Called by the router greenlet: one non-blocking ``recv``, decoded. Closes the
+        connection on EOF, a socket error or a malformed frame (returning the messages decoded
+        before it)."""
+        self._queued = False
+        if self._state != _OPEN or self._paused:
+            return []
         try:
-            while True:
-                if self._paused:
-                    self._resume.wait()  # type: ignore[union-attr]
-                try:
-                    data = recv(read_size)
-                except BlockingIOError:
-                    if idle_timeout is None:
-                        hub.wait(watcher)
-                    else:
-                        with gevent.Timeout(idle_timeout, False):
-                            hub.wait(watcher)
-                            continue
-                        reason = f"idle for {idle_timeout} s"
-                        break
-                    continue
-                if not data:
-                    reason = "closed by peer"
-                    break
-                try:
-                    messages = feed(data)
-                except RemoteProtocolError as exc:
-                    if exc.messages:  # type: ignore[attr-defined]
-                        deliver(exc.messages, self)  # type: ignore[attr-defined]
-                    logger.warning("malformed frame from {}: {}; closing the connection", self.peer, exc)
-                    self._transport._count("malformed_frames")
-                    reason = exc
-                    break
-                if messages:
-                    deliver(messages, self)
+            data = self._sock.recv(self._transport.read_size)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return []
         except OSError as exc:
-            reason = exc
-        except GreenletExit:
-            reason = "stopped"
-        finally:
-            self.close(reason, from_reader=True)
+            self.close(exc)
+            return []
+        if not data:
+            self.close("closed by peer")
+            return []
+        self._last_read = self._read_watcher.loop.now()
+        try:
+            return self._decoder.feed(data)
+        except RemoteProtocolError as exc:
+            logger.warning("malformed frame from {}: {}; closing the connection", self.peer, exc)
+            self._transport._count("malformed_frames")
+            self.close(exc)
+            return exc.messages  # type: ignore[attr-defined,no-any-return]
 
     # -- closing ----------------------------------------------------------------------------
 
-    def close(self, reason: Any = None, from_reader: bool = False) -> None:
-        """Close the socket, forget the connection, end its reader. Safe to call twice."""
+    def close(self, reason: Any = None) -> None:
+        """Close the socket and forget the connection. Safe to call twice."""
         if self._state == _CLOSED:
             return
         was_open = self._state == _OPEN
+        if self._decoder.buffered and reason != "transport stopped":
+            logger.warning(
+                "connection {} {} in the middle of a frame; dropped its {} bytes",
+                self.peer,
+                reason,
+                self._decoder.buffered,
+            )
         self._state = _CLOSED
         self._error = reason if isinstance(reason, BaseException) else None
         self._transport._forget(self)
@@ -282,19 +277,16 @@ class Connection:
             )
             self._out.clear()
             self._out_bytes = 0
-        if self._write_watcher is not None:
-            self._write_watcher.stop()
-            self._write_watcher.close()
-            self._read_watcher.close()
+        for watcher in (self._read_watcher, self._write_watcher):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
         if self._sock is not None:
             self._sock.close()
-        for event in (self._ready, self._drained, self._resume):
+        for event in (self._ready, self._drained):
             if event is not None:
                 event.set()
         self._on_drained()
-        reader = self._reader
-        if not from_reader and reader is not None and reader is not gevent.getcurrent():
-            reader.kill(block=False)
         if was_open:
             logger.info("connection {} closed ({})", self.peer, reason or "closed")
 
@@ -338,6 +330,11 @@ class TcpTransport:
         self._greenlets = Group()
         self._counters: Dict[str, int] = {}
         self._stopped = False
+        self._idle_timer: Any = None
+        if idle_timeout is not None:
+            interval = max(0.01, min(idle_timeout / 4, 1.0))
+            self._idle_timer = get_hub().loop.timer(interval, interval)
+            self._idle_timer.start(self._close_idle)
         node.register_transport(TCP, self)
 
     def __repr__(self) -> str:
@@ -350,10 +347,7 @@ class TcpTransport:
         127.0.0.1). Returns the bound address as ``host:port``.
         """
         host, port = parse_host_port(address)
-        pool = Pool(self.max_connections + 1) if self.max_connections else None
-        server = StreamServer(
-            (host, port), self._accept, spawn=pool or "default", backlog=self.backlog
-        )
+        server = StreamServer((host, port), self._accept, backlog=self.backlog)
         server.start()
         self._servers.append(server)
         bound = format_peer(server.socket.getsockname())
@@ -361,7 +355,8 @@ class TcpTransport:
         return bound
 
     def _accept(self, gsock: Any, sockaddr: Any) -> None:
-        """Runs in the StreamServer's greenlet for the connection, which becomes its reader."""
+        """The StreamServer's handler: register the connection with the router and return (the
+        connection needs no greenlet of its own)."""
         sock = socket.socket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
         peer = format_peer(sockaddr)
         if self._stopped or (
@@ -372,7 +367,6 @@ class TcpTransport:
             sock.close()
             return
         conn = Connection(self, peer, accepted=True)
-        conn._reader = gevent.getcurrent()  # type: ignore[assignment]
         previous = self._connections.get(peer)
         if previous is not None:
             previous.close("replaced by a new connection from the same address")
@@ -381,7 +375,6 @@ class TcpTransport:
         conn._attach(sock)
         self._count("connections_accepted")
         logger.info("accepted a connection from {}", peer)
-        conn._read_loop(self.idle_timeout)
 
     # -- connector pool ---------------------------------------------------------------------
 
@@ -401,10 +394,10 @@ class TcpTransport:
             raise NodeStopped("the TCP transport is stopped")
         conn = Connection(self, peer, accepted=False)
         self._connections[peer] = conn
-        conn._reader = self._greenlets.spawn(self._connect_and_read, conn)
+        self._greenlets.spawn(self._connect, conn)
         return conn
 
-    def _connect_and_read(self, conn: Connection) -> None:
+    def _connect(self, conn: Connection) -> None:
         try:
             host, port = parse_host_port(conn.peer)
             gsock = gevent.socket.create_connection((host, port), self.connect_timeout)
@@ -414,15 +407,17 @@ class TcpTransport:
             if conn._out:
                 self._count_dropped(len(conn._out))
             logger.warning("cannot connect to {}: {}", conn.peer, exc)
-            conn.close(exc, from_reader=True)
+            conn.close(exc)
             return
         except GreenletExit:
-            conn.close("stopped", from_reader=True)
+            conn.close("stopped")
+            return
+        if conn._state == _CLOSED:  # closed (transport stopped) while connecting
+            sock.close()
             return
         conn._attach(sock)
         self._count("connections_opened")
         logger.info("connected to {}", conn.peer)
-        conn._read_loop(self.idle_timeout)
 
     # -- sending (the node calls this for every type-1 hop) ---------------------------------
 
@@ -459,6 +454,13 @@ class TcpTransport:
         if conn._out_bytes > self.high_water and source not in conn._paused_sources:
             conn._paused_sources.add(source)
             source.pause()
+
+    def _close_idle(self) -> None:
+        """Timer callback, in the hub: close connections that received nothing for too long."""
+        deadline = get_hub().loop.now() - self.idle_timeout  # type: ignore[operator]
+        for conn in list(self._connections.values()):
+            if conn._state == _OPEN and conn._last_read < deadline:
+                conn.close(f"idle for {self.idle_timeout} s")
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -500,10 +502,11 @@ class TcpTransport:
             for conn in list(self._connections.values()):
                 if conn._out and conn._state == _OPEN:
                     conn.wait_drained(0)
-        connections = list(self._connections.values()) + list(self._accepted)
-        for conn in connections:
+        for conn in list(self._connections.values()) + list(self._accepted):
             conn.close("transport stopped")
-        gevent.joinall([c._reader for c in connections if c._reader is not None], timeout=1)
+        if self._idle_timer is not None:
+            self._idle_timer.stop()
+            self._idle_timer.close()
         for server in self._servers:
             server.stop(timeout=1)
         self._greenlets.kill(block=True, timeout=1)
