@@ -20,6 +20,7 @@ from .errors import (
     LocalProtocolError,
     MailboxFull,
     NodeStopped,
+    OutputFull,
     ProtocolError,
     ReceiveTimeout,
     RemoteProtocolError,
@@ -66,4 +67,5 @@ __all__ = [
     "TransportError",
     "ConnectFailed",
     "ConnectionLost",
+    "OutputFull",
 ]

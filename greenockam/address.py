@@ -9,7 +9,7 @@ Both are ``tuple`` subclasses: hashable, cheap to build on the hot path, and usa
 
 from __future__ import annotations
 
-from typing import Iterable, Union
+from typing import Any, Dict, Iterable, Union
 
 from .errors import AddressError, RouteError
 
@@ -160,10 +160,25 @@ class Route(tuple):
 RouteLike = Union[Route, Iterable[AddressLike], str]
 
 
+_parsed_routes: Dict[Any, Route] = {}
+
+
 def as_route(route: RouteLike) -> Route:
-    """Accept a Route, a list of addresses, or ``"a => b"`` text."""
+    """Accept a Route, a list of addresses, or ``"a => b"`` text.
+
+    Applications pass the same few lists on every send, so parsed routes are kept in a bounded
+    cache (parsing two addresses costs more than encoding the whole message).
+    """
     if type(route) is Route:
         return route
-    if isinstance(route, str):
-        return Route.parse(route)
-    return Route(route)
+    key = route if isinstance(route, str) else tuple(route)
+    try:
+        parsed = _parsed_routes.get(key)
+    except TypeError:  # unhashable items: parse them, they will say what is wrong
+        return Route(route)  # type: ignore[arg-type]
+    if parsed is None:
+        parsed = Route.parse(key) if isinstance(key, str) else Route(key)
+        if len(_parsed_routes) >= 1024:
+            _parsed_routes.clear()
+        _parsed_routes[key] = parsed
+    return parsed

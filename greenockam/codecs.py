@@ -32,6 +32,7 @@ class _Raw:
 RAW: Any = _Raw()
 
 _u64 = struct.Struct("<Q")
+_BYTE = [bytes((i,)) for i in range(256)]
 _BOOL = {b"\x00": False, b"\x01": True}
 
 
@@ -112,7 +113,10 @@ class Codec:
             data = value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise LocalProtocolError(f"the string cannot be encoded as UTF-8: {exc}") from None
-        return self._write_len(len(data)) + data
+        n = len(data)
+        if n < 0x80 and self is BARE:  # the common short string: a one-byte uint
+            return _BYTE[n] + data
+        return self._write_len(n) + data
 
     def _encode_bytes(self, value: Any) -> bytes:
         data = bytes(value)
@@ -128,6 +132,8 @@ class Codec:
 
     def _decode_str(self, payload: bytes) -> str:
         try:
+            if self is BARE and payload and payload[0] == len(payload) - 1 < 0x80:
+                return payload[1:].decode("utf-8")  # the common short string: a one-byte uint
             return self._decode_data(payload, "string").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RemoteProtocolError(

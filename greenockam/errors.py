@@ -26,6 +26,7 @@ __all__ = [
     "TransportError",
     "ConnectFailed",
     "ConnectionLost",
+    "OutputFull",
 ]
 
 
@@ -92,6 +93,13 @@ class TransportError(GreenockamError, ConnectionError):
 
 class ConnectFailed(TransportError):
     """An outgoing connection could not be opened (refused, unreachable, timed out)."""
+
+
+class OutputFull(TransportError):
+    """A worker sent to a connection whose output is past ``high_water`` while its own mailbox
+    is full: waiting for the output to drain could deadlock (the peer may be waiting for this
+    worker), so the message is refused instead. Only a worker whose mailbox is full sees this.
+    """
 
 
 class ConnectionLost(TransportError):

@@ -28,7 +28,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Queue
 from loguru import logger
 
@@ -122,6 +122,7 @@ class Context:
         "_low_water",
         "_stopping",
         "_greenlet",
+        "_blocked_on",
     )
 
     def __init__(
@@ -138,6 +139,7 @@ class Context:
         self._low_water = node.mailbox_size // 2
         self._stopping = False
         self._greenlet: Optional[Greenlet] = None
+        self._blocked_on: Optional[Event] = None  # set by a transport while a send waits
 
     def __repr__(self) -> str:
         return f"<Context {self.address}>"
@@ -278,6 +280,7 @@ class Node:
         self._state = _RUNNING
         self._contexts: Dict[str, Context] = {}  # local address value -> its context
         self._workers: Dict[Context, Worker] = {}
+        self._worker_greenlets: Dict[Any, Context] = {}
         self._transports: Dict[int, Transport] = {}
         self._ready: Deque[Tuple[Source, Optional[List[TransportMessage]]]] = deque()
         self._router_idle = False
@@ -385,6 +388,7 @@ class Node:
             )
             return
         started.set(ctx.address)
+        self._worker_greenlets[getcurrent()] = ctx
         handle = worker.handle_message
         receive = ctx.receive
         decode_eagerly = ctx.message_type is not RAW
@@ -411,6 +415,7 @@ class Node:
         except (NodeStopped, GreenletExit):
             pass
         finally:
+            self._worker_greenlets.pop(getcurrent(), None)
             self._workers.pop(ctx, None)
             self._close_context(ctx)
             try:
@@ -550,6 +555,8 @@ class Node:
                         if queue.qsize() > self.mailbox_size and source not in ctx._paused:
                             ctx._paused.add(source)
                             source.pause()
+                            if ctx._blocked_on is not None:  # its worker waits to send: see
+                                ctx._blocked_on.set()  # TcpTransport.send (it could deadlock)
                     else:
                         transport = transports.get(kind)
                         if transport is None:
@@ -559,6 +566,10 @@ class Node:
                     self._routed += 1
             self._router_idle = True
             hub.switch()  # until _wake_router switches back
+
+    def _sender_context(self) -> Optional[Context]:
+        """The worker context whose greenlet is running, if any (for transports' flow control)."""
+        return self._worker_greenlets.get(getcurrent())
 
     def _count_drop(self, reason: str) -> None:
         self._dropped[reason] = self._dropped.get(reason, 0) + 1

@@ -18,7 +18,7 @@ This module is on every message's path, so it keeps bounded caches of encoded an
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .address import Address, Route
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -48,6 +48,8 @@ _BYTE = [bytes((i,)) for i in range(256)]
 # endless distinct routes costs us re-parsing, never memory.
 _encoded_routes: Dict[tuple, bytes] = {}
 _decoded_routes: Dict[bytes, Tuple[Route, Route]] = {}
+# The routes of the last frame encoded, by identity: (onward, return, pop_first, their bytes).
+_last_routes: Tuple[Any, Any, bool, bytes] = (None, None, False, b"")
 
 
 class TransportMessage(tuple):
@@ -255,19 +257,25 @@ def encode_frame(msg: TransportMessage, pop_first: bool = False) -> bytes:
     Raises:
         LocalProtocolError: the body would exceed 65535 bytes (nothing is written).
     """
+    global _last_routes
     version, onward, ret, payload = msg
-    if pop_first:
-        onward = onward[1:]  # a plain tuple: equal to (and cached like) the Route it stands for
-    onward_raw = _encoded_routes.get(onward) or encode_route(onward)
-    return_raw = _encoded_routes.get(ret) or encode_route(ret)
+    last = _last_routes
+    if last[0] is onward and last[1] is ret and last[2] is pop_first:
+        routes_raw = last[3]  # a worker answering one peer sends the same route objects again
+    else:
+        route = onward[1:] if pop_first else onward  # a tuple equal to (cached as) the Route
+        routes_raw = (_encoded_routes.get(route) or encode_route(route)) + (
+            _encoded_routes.get(ret) or encode_route(ret)
+        )
+        _last_routes = (onward, ret, pop_first, routes_raw)
     n = len(payload)
     length_raw = _BYTE[n] if n < 0x80 else encode_uint(n)
-    size = 1 + len(onward_raw) + len(return_raw) + len(length_raw) + n
+    size = 1 + len(routes_raw) + len(length_raw) + n
     if size > MAX_BODY:
         raise LocalProtocolError(
             f"message body of {size} bytes exceeds the protocol limit of {MAX_BODY} bytes"
         )
-    return b"".join((_pack_header(size, version), onward_raw, return_raw, length_raw, payload))
+    return b"".join((_pack_header(size, version), routes_raw, length_raw, payload))
 
 
 def decode_body(body: bytes) -> TransportMessage:

@@ -31,8 +31,8 @@ from gevent.server import StreamServer
 from loguru import logger
 
 from ..address import TCP, Address
-from ..errors import ConnectFailed, ConnectionLost, NodeStopped, RemoteProtocolError
-from ..node import Node, Source
+from ..errors import ConnectFailed, ConnectionLost, NodeStopped, OutputFull, RemoteProtocolError
+from ..node import Context, Node, Source
 from ..wire import FrameDecoder, TransportMessage, encode_frame
 
 __all__ = ["TcpTransport", "Connection", "parse_host_port", "format_peer"]
@@ -210,13 +210,25 @@ class Connection:
         for source in paused:
             source.resume()
 
-    def wait_drained(self, high_water: int) -> None:
-        """Block the calling greenlet while more than ``high_water`` bytes wait to go out."""
+    def wait_drained(self, high_water: int, ctx: Optional[Context] = None) -> None:
+        """Block the calling greenlet while more than ``high_water`` bytes wait to go out.
+
+        A worker (``ctx``) stops waiting as soon as its own mailbox is full: it is not draining
+        it while it waits, and the peer may be waiting for it (see :class:`OutputFull`).
+        """
         while self._out_bytes > high_water and self._state == _OPEN:
+            if ctx is not None and ctx._paused:
+                return
             if self._drained is None:
                 self._drained = Event()
             self._drained.clear()
-            self._drained.wait()
+            if ctx is not None:
+                ctx._blocked_on = self._drained
+            try:
+                self._drained.wait()
+            finally:
+                if ctx is not None:
+                    ctx._blocked_on = None
         if self._state == _CLOSED:
             raise ConnectionLost(f"connection to {self.peer} closed: {self._error or 'closed'}")
 
@@ -438,9 +450,17 @@ class TcpTransport:
                 conn = self._open(peer)
             if conn._state != _OPEN:
                 conn.wait_ready(self.connect_timeout + 1)
+            ctx = None
+            if conn._out_bytes > self.high_water:
+                ctx = self.node._sender_context()
+                if ctx is not None and ctx._paused:
+                    raise OutputFull(
+                        f"{conn._out_bytes} bytes wait to go to {peer} and the mailbox of "
+                        f"{ctx.address} is full: waiting could deadlock, message refused"
+                    )
             conn.write(frame)
             if conn._out_bytes > self.high_water:
-                conn.wait_drained(self.high_water)
+                conn.wait_drained(self.high_water, ctx or self.node._sender_context())
             return
         try:
             frame = encode_frame(message, pop_first=True)
