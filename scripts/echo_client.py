@@ -26,7 +26,12 @@ def main(argv=None) -> int:
     parser.add_argument("--message", default="Hello you over there!")
     parser.add_argument("--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"')
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
-    parser.add_argument("--log-level", default="INFO", type=str.upper)
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
+    )
     args = parser.parse_args(argv)
     try:
         parse_host_port(args.address)

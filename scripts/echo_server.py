@@ -36,7 +36,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="greenockam echo server")
     parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="HOST:PORT to bind")
     parser.add_argument("--codec", choices=["bare", "bincode"], default="bare")
-    parser.add_argument("--log-level", default="INFO", type=str.upper)
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
+    )
     args = parser.parse_args(argv)
     try:
         parse_host_port(args.address)
