@@ -1,0 +1,842 @@
+"""Reliability: bad input, slow and silent peers, dead peers, floods, graceful stop, safe defaults.
+
+Every test uses real sockets on 127.0.0.1 (port 0), bounds every wait with a timeout, and waits on
+replies, events, end-of-stream or log lines, never on a ``sleep()``. Raw peers are gevent sockets
+that write hand-made frames; the server is an in-process Node + TcpTransport with an echo worker,
+or ``scripts/echo_server.py`` in a subprocess where a real process matters (killing it, SIGTERM,
+or its own logging).
+"""
+
+import collections
+import os
+import pickle
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import gevent
+import gevent.socket
+import pytest
+from gevent.event import Event
+from gevent.fileobject import FileObjectPosix
+from loguru import logger
+
+import greenockam
+from greenockam import (
+    RAW,
+    ConnectFailed,
+    GreenockamError,
+    Node,
+    RemoteProtocolError,
+    Route,
+    Worker,
+)
+from greenockam.codecs import BARE
+from greenockam.transport.tcp import TcpTransport, format_peer, parse_host_port
+from greenockam.wire import FrameDecoder, TransportMessage, decode_body, encode_frame, encode_uint
+
+pytestmark = pytest.mark.timeout(60)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ECHO_SERVER = os.path.join(os.path.dirname(HERE), "scripts", "echo_server.py")
+WAIT = 5.0  # seconds: the bound on any single wait that should succeed at once
+
+
+def _subprocess_env():
+    """The environment for echo_server.py: it must import the greenockam under test."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def frame(onward, ret=("app",), payload=b""):
+    """A valid frame with these routes (lists of address text) and payload bytes."""
+    return encode_frame(TransportMessage(Route(list(onward)), Route(list(ret)), payload))
+
+
+def raw_frame(body):
+    """A length prefix and ``body`` as is, valid or not."""
+    return struct.pack(">H", len(body)) + body
+
+
+def address_bytes(kind, value):
+    return bytes([kind]) + encode_uint(len(value)) + value
+
+
+def contains(text, needle):
+    """``needle`` in ``text``, where ``127.0.0.1:5000`` does not match ``127.0.0.1:50001``."""
+    return re.search(re.escape(needle) + "(?![0-9])", text) is not None
+
+
+def wait_until(predicate, wake, timeout=WAIT, what="the condition"):
+    """Wait until ``predicate()`` holds, re-checking each time the Event ``wake`` is set."""
+    with gevent.Timeout(timeout, AssertionError(f"timed out after {timeout} s waiting for {what}")):
+        while not predicate():
+            wake.clear()
+            if not predicate():
+                wake.wait()
+
+
+class LogCapture:
+    """Records greenockam's log lines (level number, text) and lets a test wait for one."""
+
+    def __init__(self, level="INFO"):
+        self.records = []
+        self._changed = Event()
+        logger.enable("greenockam")
+        self._sink_id = logger.add(self._sink, level=level, format="{message}")
+
+    def _sink(self, message):
+        self.records.append((message.record["level"].no, str(message).rstrip("\n")))
+        self._changed.set()
+
+    def close(self):
+        logger.remove(self._sink_id)
+        logger.disable("greenockam")
+
+    def lines(self, *needles, level="WARNING"):
+        """The lines at ``level`` or above that contain every needle."""
+        floor = logger.level(level).no
+        return [
+            t for no, t in self.records if no >= floor and all(contains(t, n) for n in needles)
+        ]
+
+    def wait_for(self, *needles, level="WARNING", timeout=WAIT):
+        """Wait for a line containing every needle; return the matching lines."""
+        found = []
+
+        def seen():
+            found[:] = self.lines(*needles, level=level)
+            return bool(found)
+
+        wait_until(seen, self._changed, timeout, f"a {level} log line with {needles!r}")
+        return found
+
+
+@pytest.fixture
+def logs():
+    capture = LogCapture()
+    yield capture
+    capture.close()
+
+
+class RawPeer:
+    """A client that writes raw bytes on a gevent socket and decodes what comes back."""
+
+    def __init__(self, address, timeout=WAIT):
+        host, port = parse_host_port(address)
+        self.sock = gevent.socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.decoder = FrameDecoder()
+        self.pending = collections.deque()
+        # The key the server gives this connection: the peer as seen on its socket.
+        self.key = format_peer(self.sock.getsockname())
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def receive(self, timeout=WAIT):
+        """The next message from the server."""
+        with gevent.Timeout(timeout, AssertionError(f"no message within {timeout} s")):
+            while not self.pending:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise AssertionError("the server closed the connection")
+                self.pending.extend(self.decoder.feed(data))
+        return self.pending.popleft()
+
+    def echo(self, text, to="echo_service", timeout=WAIT):
+        """Send ``text`` to the echo worker ``to`` and return the echoed text."""
+        self.send(frame([to], ["app"], BARE.encode(text)))
+        msg = self.receive(timeout)
+        assert list(map(str, msg.onward_route)) == ["0#app"]
+        return BARE.decode(msg.payload, str)
+
+    def wait_closed(self, timeout=WAIT):
+        """True once the server has closed the connection (EOF or reset), False on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            with gevent.Timeout(timeout, False):
+                while True:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+        finally:
+            self.sock.settimeout(WAIT)
+        return False
+
+    def still_open(self, timeout=0.2):
+        """True if nothing (neither data nor EOF) comes from the server within ``timeout``."""
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.recv(1)
+        except socket.timeout:
+            return True
+        except OSError:
+            pass
+        finally:
+            self.sock.settimeout(WAIT)
+        return False
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def peers():
+    """Opens RawPeers to an address; closes them all after the test."""
+    opened = []
+
+    def open_peer(address, **kwargs):
+        peer = RawPeer(address, **kwargs)
+        opened.append(peer)
+        return peer
+
+    yield open_peer
+    for peer in opened:
+        peer.close()
+
+
+class Echo(Worker):
+    """Replies with the body it got."""
+
+    def handle_message(self, ctx, msg):
+        ctx.reply(msg, msg.body)
+
+
+class Recorder(Worker):
+    """Keeps every body it gets; ``arrived`` is set on each."""
+
+    def __init__(self, message_type, arrived):
+        self.message_type = message_type
+        self.bodies = []
+        self.arrived = arrived
+
+    def handle_message(self, ctx, msg):
+        self.bodies.append(msg.body)
+        self.arrived.set()
+
+
+class InProcessServer:
+    def __init__(self, node, transport, address):
+        self.node, self.transport, self.address = node, transport, address
+
+
+@pytest.fixture
+def make_server():
+    """Starts a Node with a TcpTransport listening on 127.0.0.1:0 and an ``echo_service`` worker
+    (the name echo_server.py uses, so the same frames serve both)."""
+    nodes = []
+
+    def make(mailbox_size=None, **transport_options):
+        node = Node(mailbox_size=mailbox_size)
+        nodes.append(node)
+        transport = TcpTransport(node, **transport_options)
+        address = transport.listen("127.0.0.1:0")
+        node.start_worker("echo_service", Echo())
+        return InProcessServer(node, transport, address)
+
+    yield make
+    for node in nodes:
+        node.stop(timeout=2.0)
+
+
+class EchoServerProcess:
+    """``scripts/echo_server.py`` in a subprocess; a greenlet reads its stderr (the log).
+
+    Started with the standard ``subprocess`` (fork and exec in C: safe in a process that has
+    threads, and no gevent SIGCHLD handler that would reap other tests' children); its pipes are
+    read through gevent file objects, so waiting for a line, or for the exit (the end of its
+    stderr), never blocks the hub.
+    """
+
+    def __init__(self, address="127.0.0.1:0", log_level="WARNING"):
+        self.proc = subprocess.Popen(
+            [sys.executable, ECHO_SERVER, address, "--log-level", log_level],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_subprocess_env(),
+        )
+        self._stdout = FileObjectPosix(self.proc.stdout.fileno(), "rb", close=False)
+        self._stderr = FileObjectPosix(self.proc.stderr.fileno(), "rb", close=False)
+        self.lines = []
+        self._changed = Event()
+        self._reader = gevent.spawn(self._read_stderr)
+        line = b""
+        try:
+            with gevent.Timeout(20, False):
+                line = self._stdout.readline()
+            if b"listening on" not in line:
+                raise AssertionError(f"echo_server.py did not start: {line!r} {self.lines}")
+        except BaseException:
+            self.stop()
+            raise
+        self.address = line.decode().split()[-1]
+
+    def _read_stderr(self):
+        for line in self._stderr:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
+            self._changed.set()
+        self._changed.set()
+
+    def wait_for_line(self, *needles, timeout=WAIT):
+        found = []
+
+        def seen():
+            found[:] = [t for t in self.lines if all(contains(t, n) for n in needles)]
+            return bool(found)
+
+        wait_until(seen, self._changed, timeout, f"a line of echo_server.py with {needles!r}")
+        return found
+
+    def wait(self, timeout=10.0):
+        """The exit code, once the process has ended (its stderr has reached EOF)."""
+        self._reader.join(timeout)
+        if not self._reader.dead:
+            raise AssertionError(f"echo_server.py still running after {timeout} s")
+        return self.proc.wait(timeout=WAIT)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self._reader.join(timeout=10)
+        if not self._reader.dead:
+            self.proc.kill()
+            self._reader.join(timeout=WAIT)
+            self._reader.kill()
+        self.proc.wait(timeout=WAIT)
+        for pipe in (self._stdout, self._stderr, self.proc.stdout, self.proc.stderr):
+            pipe.close()
+
+
+@pytest.fixture(scope="module")
+def echo_process():
+    """One echo_server.py for the module's tests that only talk to it."""
+    server = EchoServerProcess()
+    yield server
+    server.stop()
+
+
+# --- bad input on a connection -----------------------------------------------------------------
+
+_ECHO_BODY = frame(["echo_service"], ["app"], BARE.encode("hello"))[2:]
+_RNG = random.Random(20210325)
+_RANDOM_BODY = bytes(_RNG.randrange(256) for _ in range(64))
+_UNFINISHED = object()  # a frame announced at 65535 bytes, 1000 of them sent, then EOF
+
+
+def _body(onward_raw, return_raw=b"\x01" + address_bytes(0, b"app"), rest=b"\x00"):
+    return raw_frame(b"\x01" + onward_raw + return_raw + rest)
+
+
+# (id, what the peer sends, "malformed" (the connection is closed) or the drop reason of a valid
+# frame that cannot be delivered (the connection goes on), a piece of the log line to expect:
+# None means the decoder's own error message).
+BAD_INPUTS = [
+    ("random bytes", raw_frame(_RANDOM_BODY), "malformed", None),
+    ("truncated body", raw_frame(_ECHO_BODY[:-3]), "malformed", None),
+    ("uint overflow", _body(b"\xff" * 9 + b"\x02"), "malformed", "overflows 64 bits"),
+    (
+        "route count past the end",
+        _body(b"\x32" + address_bytes(0, b"echo_service")),
+        "malformed",
+        "announces 50 addresses",
+    ),
+    (
+        "invalid UTF-8 in an address",
+        _body(b"\x01" + address_bytes(0, b"ech\xff")),
+        "malformed",
+        "not valid UTF-8",
+    ),
+    ("zero-length body", b"\x00\x00", "malformed", "empty body"),
+    ("frame announced at 65535 and never finished", _UNFINISHED, "malformed", "frame"),
+    ("empty onward route", frame([], ["app"], BARE.encode("x")), "empty_route", "empty_route"),
+    ("unknown worker", frame(["nobody"], ["app"], BARE.encode("x")), "unknown_address", "nobody"),
+    ("unknown address type", frame(["5#x"], ["app"], BARE.encode("x")), "unknown_transport", "5#x"),
+    (
+        "undecodable payload",
+        frame(["echo_service"], ["app"], b"\xff\xff"),
+        "bad_payload",
+        "bad_payload",
+    ),
+]
+BAD_INPUT_PARAMS = pytest.mark.parametrize(
+    "data, effect, fault", [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
+
+
+def _expected_fault(data, fault):
+    if fault is not None:
+        return fault
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_body(data[2:])
+    return str(info.value)
+
+
+def _send_bad_input(peer, data):
+    if data is _UNFINISHED:
+        peer.send(b"\xff\xff" + b"\x01" * 1000)
+        peer.sock.shutdown(socket.SHUT_WR)  # the rest of the frame never comes
+    else:
+        peer.send(data)
+
+
+def _check_own_connection(peer, effect):
+    if effect == "malformed":
+        assert peer.wait_closed(), "a malformed frame must close its connection"
+    else:  # the message is dropped, the same connection goes on serving
+        assert peer.echo("after") == "after"
+
+
+def test_bad_input_vectors_are_what_they_claim():
+    for name, data, effect, _ in BAD_INPUTS:
+        if data is _UNFINISHED:
+            continue
+        if effect == "malformed":
+            with pytest.raises(RemoteProtocolError):
+                decode_body(data[2:])
+        else:
+            decode_body(data[2:])  # a valid frame: only its destination or payload is bad
+
+
+@BAD_INPUT_PARAMS
+def test_bad_input_is_logged_once_and_harms_only_its_own_connection(
+    make_server, peers, logs, data, effect, fault
+):
+    server = make_server()
+    bystander = peers(server.address)
+    assert bystander.echo("before") == "before"
+    culprit = peers(server.address)
+
+    _send_bad_input(culprit, data)
+    _check_own_connection(culprit, effect)
+    logs.wait_for(culprit.key, _expected_fault(data, fault))
+
+    assert bystander.echo("still served") == "still served"
+    newcomer = peers(server.address)
+    assert newcomer.echo("new connection") == "new connection"
+    assert len(logs.lines(culprit.key)) == 1, logs.lines(culprit.key)
+    assert not logs.lines(bystander.key) and not logs.lines(newcomer.key)
+    if effect != "malformed":
+        assert server.node.statistics()["dropped"] == {effect: 1}
+    elif data is not _UNFINISHED:
+        assert server.transport.statistics()["malformed_frames"] == 1
+
+
+@BAD_INPUT_PARAMS
+def test_echo_server_process_survives_bad_input(echo_process, peers, data, effect, fault):
+    bystander = peers(echo_process.address)
+    culprit = peers(echo_process.address)
+
+    _send_bad_input(culprit, data)
+    _check_own_connection(culprit, effect)
+    lines = echo_process.wait_for_line(culprit.key, _expected_fault(data, fault))
+
+    assert bystander.echo("still served") == "still served"
+    newcomer = peers(echo_process.address)
+    assert newcomer.echo("new connection") == "new connection"
+    assert len(lines) == 1 and "WARNING" in lines[0], lines
+
+
+# --- slow and silent peers -----------------------------------------------------------------------
+
+
+def test_a_half_sent_frame_does_not_block_other_connections(make_server, peers):
+    server = make_server()
+    big = frame(["echo_service"], ["app"], BARE.encode("z" * 60000))
+    staller = peers(server.address)
+    staller.send(big[: len(big) // 2])
+
+    other = peers(server.address)
+    for i in range(20):
+        assert other.echo(f"meanwhile {i}") == f"meanwhile {i}"
+    assert staller.still_open()
+
+    staller.send(big[len(big) // 2 :])  # the stalled frame completes and is served in turn
+    assert BARE.decode(staller.receive().payload, str) == "z" * 60000
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(make_server, peers, logs):
+    server = make_server(idle_timeout=0.3)
+    active = peers(server.address)
+    idle = peers(server.address)
+    stalled = peers(server.address)
+    stalled.send(b"\xff\xff" + b"\x01" * 100)  # a 65535-byte frame that never comes
+    start = time.monotonic()
+    assert active.echo("busy") == "busy"
+
+    assert idle.wait_closed(timeout=WAIT) and stalled.wait_closed(timeout=WAIT)
+    elapsed = time.monotonic() - start
+    assert 0.25 <= elapsed < 3.0, elapsed
+    logs.wait_for(idle.key, "idle", level="INFO")
+    (line,) = logs.wait_for(stalled.key, "frame")  # a warning: it stalled inside a frame
+    assert "idle" in line
+    assert not logs.lines(idle.key)  # an idle connection is no fault: no warning
+    assert server.transport.statistics()["connections"] <= 1
+
+
+def test_connections_past_max_connections_are_turned_away(make_server, peers, logs):
+    server = make_server(max_connections=2)
+    first, second = peers(server.address), peers(server.address)
+    assert first.echo("1") == "1" and second.echo("2") == "2"
+
+    excess = peers(server.address)
+    start = time.monotonic()
+    assert excess.wait_closed(timeout=WAIT)
+    assert time.monotonic() - start < 2.0
+    logs.wait_for("turned away", excess.key)
+    assert first.echo("still 1") == "still 1" and second.echo("still 2") == "still 2"
+    assert server.transport.statistics()["connections_refused"] == 1
+
+    first.close()
+    logs.wait_for(f"connection {first.key} closed", level="INFO")
+    third = peers(server.address)
+    assert third.echo("3") == "3"
+    assert second.echo("still 2") == "still 2"
+
+
+# --- dead peers ----------------------------------------------------------------------------------
+
+
+def test_a_killed_peer_is_detected_fails_loudly_while_down_and_is_reconnected(logs):
+    server = EchoServerProcess()
+    node = Node()
+    try:
+        transport = TcpTransport(node, connect_timeout=1.0)
+        route = [f"1#{server.address}", "echo_service"]
+        assert node.request(route, "first", timeout=WAIT).body == "first"
+        for i in range(200):  # mid-stream: messages in flight when it dies
+            node.send(route, f"in flight {i}")
+
+        server.proc.send_signal(signal.SIGKILL)
+        server.wait()
+        logs.wait_for(f"connection {server.address} closed", level="INFO")
+        assert server.address not in transport.connections
+
+        for attempt in range(3):
+            start = time.monotonic()
+            with pytest.raises(ConnectFailed):
+                node.send(route, f"while down {attempt}")
+            assert time.monotonic() - start < transport.connect_timeout + 1.5
+        start = time.monotonic()
+        with pytest.raises(ConnectFailed):
+            node.request(route, "request while down", timeout=30)
+        assert time.monotonic() - start < transport.connect_timeout + 1.5
+        assert server.address not in transport.connections
+
+        server.stop()
+        server = EchoServerProcess(server.address)  # back, on the same port
+        assert node.request(route, "back again", timeout=WAIT).body == "back again"
+    finally:
+        node.stop(timeout=2.0)
+        server.stop()
+
+
+# --- floods --------------------------------------------------------------------------------------
+
+_END = (1 << 64) - 1
+
+
+class Gated(Worker):
+    """A slow worker: each message waits for ``gate``; ``_END`` sets ``done``."""
+
+    message_type = int
+
+    def __init__(self):
+        self.gate = Event()
+        self.done = Event()
+        self.bodies = []
+
+    def handle_message(self, ctx, msg):
+        self.gate.wait()
+        if msg.body == _END:
+            self.done.set()
+        else:
+            self.bodies.append(msg.body)
+
+
+def test_a_flood_over_tcp_keeps_the_mailbox_bounded_and_delivers_everything_in_order(
+    make_server, peers
+):
+    server = make_server(mailbox_size=64)
+    worker = Gated()
+    server.node.start_worker("slow", worker)
+    frame_size = len(frame(["slow"], ["app"], BARE.encode(0)))
+    one_read = server.transport.read_size // frame_size + 2
+    bound = server.node.mailbox_size + one_read
+
+    depths = []
+    stop_monitor = Event()
+
+    def monitor():
+        while not stop_monitor.is_set():
+            depths.append(server.node.statistics()["mailbox_depths"].get("0#slow", 0))
+            stop_monitor.wait(0.002)
+
+    watcher = gevent.spawn(monitor)
+    sender = peers(server.address)
+    sender.sock.settimeout(0.5)
+    chunk_frames = 1000
+    sent_chunks = 0
+    rest = b""
+    try:
+        while not rest:  # until the kernel buffers are full and a send times out
+            assert sent_chunks < 2000, "the sender never blocked: no backpressure"
+            first = sent_chunks * chunk_frames
+            data = b"".join(
+                frame(["slow"], ["app"], BARE.encode(i)) for i in range(first, first + chunk_frames)
+            )
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[sender.sock.send(view) :]
+                except socket.timeout:
+                    rest = bytes(view)
+                    break
+            sent_chunks += 1
+        depth_while_blocked = server.node.statistics()["mailbox_depths"].get("0#slow", 0)
+        assert depth_while_blocked <= bound
+
+        worker.gate.set()
+        sender.sock.settimeout(30)
+        sender.send(rest + frame(["slow"], ["app"], BARE.encode(_END)))
+        assert worker.done.wait(timeout=30), "not everything was delivered"
+    finally:
+        stop_monitor.set()
+        watcher.join(timeout=WAIT)
+    total = sent_chunks * chunk_frames
+    assert max(depths) <= bound, (max(depths), bound)
+    assert len(worker.bodies) == total and worker.bodies == list(range(total))
+
+
+class Flooder(Worker):
+    """On ``0``: sends ``burst`` messages to ``peer``; on any other message: counts it and,
+    while ``budget`` lasts, sends one back (so both mailboxes stay full). A send the library
+    refuses (MailboxFull, or any other error it raises on purpose) is counted, never retried.
+    ``progress`` is set on every send and every message."""
+
+    message_type = int
+
+    def __init__(self, peer, burst, progress, budget=0):
+        self.peer = peer
+        self.burst = burst
+        self.budget = budget
+        self.progress = progress
+        self.sent = self.received = self.refused = 0
+        self.burst_done = Event()
+
+    def _send(self, ctx, value):
+        try:
+            ctx.send(self.peer, value)
+            self.sent += 1
+        except GreenockamError:
+            self.refused += 1
+        self.progress.set()
+
+    def handle_message(self, ctx, msg):
+        if msg.body == 0:
+            for i in range(1, self.burst + 1):
+                self._send(ctx, i)
+            self.burst_done.set()
+        else:
+            self.received += 1
+            if self.budget > 0:
+                self.budget -= 1
+                self._send(ctx, msg.body)
+        self.progress.set()
+
+
+def _flood_is_over(a, b):
+    return (
+        a.burst_done.is_set()
+        and b.burst_done.is_set()
+        and a.received == b.sent
+        and b.received == a.sent
+        and not a.budget
+        and not b.budget
+    )
+
+
+def test_two_local_workers_flooding_each_other_do_not_deadlock():
+    with Node(mailbox_size=64) as node:
+        progress = Event()
+        a = Flooder(["b"], burst=500, progress=progress, budget=5000)
+        b = Flooder(["a"], burst=500, progress=progress, budget=5000)
+        node.start_worker("a", a)
+        node.start_worker("b", b)
+        node.send(["a"], 0)
+        node.send(["b"], 0)
+
+        wait_until(lambda: _flood_is_over(a, b), progress, what="the flood to end")
+        assert a.refused and b.refused, "the mailboxes never filled: not a flood"
+        assert node.statistics()["handler_errors"] == 0
+        assert node.statistics()["dropped"] == {"mailbox_full": a.refused + b.refused}
+
+
+def test_two_workers_on_two_nodes_flooding_each_other_over_tcp_do_not_deadlock():
+    burst = 400_000  # more than the kernel buffers (~4 MB here), high_water and a mailbox hold
+    node1, node2 = Node(mailbox_size=64), Node(mailbox_size=64)
+    try:
+        transport1, transport2 = TcpTransport(node1), TcpTransport(node2)
+        transport1.high_water = transport2.high_water = 1 << 16  # documented policy attribute
+        address1, address2 = transport1.listen(), transport2.listen()
+        progress = Event()
+        a = Flooder([f"1#{address2}", "b"], burst=burst, progress=progress)
+        b = Flooder([f"1#{address1}", "a"], burst=burst, progress=progress)
+        node1.start_worker("a", a)
+        node2.start_worker("b", b)
+        node1.send(["a"], 0)
+        node2.send(["b"], 0)
+
+        with gevent.Timeout(60, AssertionError("the flood did not end within 60 s")):
+            while not _flood_is_over(a, b):
+                progress.clear()
+                if not _flood_is_over(a, b) and not progress.wait(2.0):
+                    raise AssertionError(
+                        f"deadlock: nothing moved for 2 s; sent {a.sent}, {b.sent}, "
+                        f"received {a.received}, {b.received}"
+                    )
+    finally:  # a short timeout: deadlocked workers are killed rather than waited for
+        node1.stop(timeout=0.5)
+        node2.stop(timeout=0.5)
+
+
+# --- graceful stop -------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_echo_server_finish_and_exit_cleanly(peers):
+    server = EchoServerProcess()
+    try:
+        client = peers(server.address)
+        count = 5000
+        client.send(
+            b"".join(frame(["echo_service"], ["app"], BARE.encode(str(i))) for i in range(count))
+        )
+        client.pending.appendleft(client.receive())  # it is busy handling them
+        replies = [int(BARE.decode(m.payload, str)) for m in client.pending]
+
+        server.proc.send_signal(signal.SIGTERM)
+        with gevent.Timeout(10, AssertionError("the client never saw the connection end")):
+            while True:
+                try:
+                    data = client.sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                replies += [int(BARE.decode(m.payload, str)) for m in client.decoder.feed(data)]
+        assert server.wait() == 0
+        assert replies == list(range(len(replies))), "replies lost, duplicated or reordered"
+        server.stop()  # reads its log to the end
+        assert not [line for line in server.lines if "unsent" in line], "replies were left unsent"
+        dropped = [line for line in server.lines if "dropped a message (stopped)" in line]
+        assert len(replies) + len(dropped) <= count
+    finally:
+        server.stop()
+
+
+# --- security defaults ---------------------------------------------------------------------------
+
+
+def test_listen_binds_loopback_by_default(node):
+    address = TcpTransport(node).listen()
+    host, port = parse_host_port(address)
+    assert host == "127.0.0.1" and port > 0
+
+
+class _Exploit:
+    """Unpickling this creates ``path``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_payload_is_never_unpickled(make_server, peers, logs, tmp_path):
+    control = str(tmp_path / "control")
+    pickle.loads(pickle.dumps(_Exploit(control))).close()
+    assert os.path.exists(control), "the exploit does work when unpickled"
+    target = str(tmp_path / "pwned")
+    evil = pickle.dumps(_Exploit(target))
+
+    server = make_server()
+    arrived = Event()
+    raw, as_bytes = Recorder(RAW, arrived), Recorder(bytes, arrived)
+    server.node.start_worker("raw", raw)
+    server.node.start_worker("bytes", as_bytes)
+    peer = peers(server.address)
+    peer.send(frame(["raw"], ["app"], evil))
+    peer.send(frame(["bytes"], ["app"], BARE.encode(evil)))
+    peer.send(frame(["echo_service"], ["app"], evil))  # a str worker: not valid BARE text
+    wait_until(lambda: raw.bodies and as_bytes.bodies, arrived, what="both recorders")
+    logs.wait_for("bad_payload", peer.key)
+
+    assert raw.bodies == [evil] and as_bytes.bodies == [evil]
+    assert peer.echo("fine") == "fine"
+    assert not os.path.exists(target)
+
+
+@pytest.mark.parametrize(
+    "where", ["onward count", "return count", "address length", "payload length"]
+)
+def test_huge_announced_sizes_are_rejected_before_allocating(make_server, peers, logs, where):
+    huge = encode_uint(1 << 60)
+    body = {
+        "onward count": b"\x01" + huge + b"\x00" * 16,
+        "return count": b"\x01\x00" + huge + b"\x00" * 16,
+        "address length": b"\x01\x01\x00" + huge + b"x" * 16,
+        "payload length": b"\x01\x00\x00" + huge + b"x" * 16,
+    }[where]
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(RemoteProtocolError):
+            decode_body(body)
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 0.5 and peak < 100_000, (elapsed, peak)
+
+    server = make_server()
+    peer = peers(server.address)
+    peer.send(raw_frame(body))
+    assert peer.wait_closed()
+    logs.wait_for("malformed frame", peer.key)
+
+
+@pytest.mark.parametrize(
+    "onward, ret, payload",
+    [
+        (["nobody"], ["app"], b"p" * 60000),
+        (["n" * 60000], ["app"], b""),
+        (["nobody"], ["r" * 250] * 230, b""),
+        (["echo_service"], ["app"], b"\xff" * 60000),
+    ],
+    ids=["payload", "unknown address", "return route", "undecodable payload"],
+)
+def test_a_dropped_message_is_logged_in_a_short_line(
+    make_server, peers, logs, onward, ret, payload
+):
+    server = make_server()
+    peer = peers(server.address)
+    peer.send(frame(onward, ret, payload))
+    assert peer.echo("after") == "after"
+    (line,) = logs.wait_for("dropped", peer.key)
+    assert len(line) < 1000, len(line)
