@@ -29,7 +29,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
 from gevent.event import AsyncResult, Event
-from gevent.queue import Empty, Queue
+from gevent.hub import Waiter
 from loguru import logger
 
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
@@ -94,6 +94,63 @@ class Transport(Protocol):
         """Close every connection and end every greenlet the transport started."""
 
 
+class Mailbox:
+    """A context's unbounded FIFO of messages (the bound is enforced by :class:`Node`).
+
+    Leaner than ``gevent.queue.Queue`` on the one path that matters: a ``put`` wakes one waiting
+    receiver through a single hub callback, and a ``get`` with messages waiting returns at once.
+    """
+
+    __slots__ = ("_items", "_waiters", "_loop")
+
+    def __init__(self, loop: Any) -> None:
+        self._items: Deque[Any] = deque()
+        self._waiters: Deque[Waiter] = deque()
+        self._loop = loop
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any) -> None:
+        """Append ``item``; never blocks (callable from the hub)."""
+        self._items.append(item)
+        if self._waiters:
+            self._loop.run_callback(self._waiters.popleft().switch, None)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The oldest item; waits up to ``timeout`` seconds (``None``: forever).
+
+        Raises:
+            ReceiveTimeout: nothing arrived in time (the caller words the message).
+        """
+        items = self._items
+        while not items:
+            waiter = Waiter()
+            self._waiters.append(waiter)
+            try:
+                if timeout is None:
+                    waiter.get()
+                else:
+                    with gevent.Timeout(timeout, ReceiveTimeout):
+                        waiter.get()
+            except BaseException:  # a timeout or a kill
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif items and self._waiters:  # put() chose us: pass its wake-up on
+                    self._loop.run_callback(self._waiters.popleft().switch, None)
+                raise
+        item = items.popleft()
+        if items and self._waiters:  # another receiver can take the next one
+            self._loop.run_callback(self._waiters.popleft().switch, None)
+        return item
+
+    def get_nowait(self) -> Any:
+        """The oldest item, or :class:`ReceiveTimeout` if there is none."""
+        if not self._items:
+            raise ReceiveTimeout("empty")
+        return self._items.popleft()
+
+
 def random_address() -> str:
     """32 hex characters, as Ockam's random addresses."""
     return os.urandom(16).hex()
@@ -133,7 +190,7 @@ class Context:
         self.addresses = tuple(addresses)
         self.codec = codec
         self.message_type = message_type
-        self._queue: Queue = Queue()
+        self._queue = Mailbox(node._hub.loop)
         self._return_route = Route([self.address])
         self._paused: Set[Source] = set()
         self._low_water = node.mailbox_size // 2
@@ -206,8 +263,8 @@ class Context:
             NodeStopped: the context was closed while waiting.
         """
         try:
-            msg = self._queue.get(True, timeout)
-        except Empty:
+            msg = self._queue.get(timeout)
+        except ReceiveTimeout:
             raise ReceiveTimeout(
                 f"no message for {self.address} within {timeout} seconds"
             ) from None
@@ -217,7 +274,7 @@ class Context:
         """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
         try:
             msg = self._queue.get_nowait()
-        except Empty:
+        except ReceiveTimeout:
             raise ReceiveTimeout(f"no message waiting for {self.address}") from None
         return self._routed(msg, message_type)
 
@@ -225,7 +282,7 @@ class Context:
         if msg is _STOP:
             self._queue.put(_STOP)  # keep waking every other receiver too
             raise NodeStopped(f"{self.address} was stopped")
-        if self._paused and self._queue.qsize() <= self._low_water:
+        if self._paused and len(self._queue) <= self._low_water:
             self._resume_sources()
         return Routed(
             msg, msg[1][0], self.codec, self.message_type if message_type is None else message_type
@@ -450,7 +507,7 @@ class Node:
         for addr in ctx.addresses:
             if self._contexts.get(addr[1]) is ctx:
                 del self._contexts[addr[1]]
-        left = ctx._queue.qsize()
+        left = len(ctx._queue)
         while left:
             item = ctx._queue.get_nowait()
             left -= 1
@@ -481,7 +538,7 @@ class Node:
             ctx = self._contexts.get(value)
             if ctx is None:
                 raise UnknownAddress(f"no worker at {onward[0]}")
-            if ctx._queue.qsize() >= self.mailbox_size:
+            if len(ctx._queue) >= self.mailbox_size:
                 self._count_drop("mailbox_full")
                 raise MailboxFull(f"the mailbox of {onward[0]} holds {self.mailbox_size} messages")
             ctx._queue.put(msg)
@@ -552,7 +609,7 @@ class Node:
                             continue
                         queue = ctx._queue
                         queue.put(msg)
-                        if queue.qsize() > self.mailbox_size and source not in ctx._paused:
+                        if len(queue) > self.mailbox_size and source not in ctx._paused:
                             ctx._paused.add(source)
                             source.pause()
                             if ctx._blocked_on is not None:  # its worker waits to send: see
@@ -640,6 +697,6 @@ class Node:
             "dropped": dict(self._dropped),
             "router_queue": len(self._ready),
             "mailbox_depths": {
-                str(ctx.address): ctx._queue.qsize() for ctx in contexts if ctx._queue.qsize()
+                str(ctx.address): len(ctx._queue) for ctx in contexts if len(ctx._queue)
             },
         }
