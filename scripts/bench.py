@@ -9,6 +9,9 @@ ratio greenockam / raw. The figures (PERFORMANCE-NOTES.md explains why they are 
 
 1. ``rtt``: sequential round trips on one connection (send, wait for the echo): messages/s and
    p50/p99 latency in µs.
+   ``rtt_server``: the same, raw client against the greenockam server (isolates the server side:
+   node + worker + TCP), compared with the raw client against the raw server of the same
+   repetition.
 2. ``pipelined``: one client, a sender greenlet writing N messages as fast as it can while a
    reader greenlet reads the echoes: messages/s.
 3. ``conns``: 100 concurrent connections, K round trips each: total messages/s.
@@ -59,8 +62,12 @@ assert len(MESSAGE) == 32
 
 # Targets shown in the table. Direction is taken from DIRECTIONS (higher or lower is better).
 # Override or add any with --target KEY=VALUE (keys as in the JSON line).
-TARGETS: Dict[str, float] = {
+TARGETS: Dict[str, float] = {  # greenockam's published targets (README, Performance)
+    "rtt_ratio": 0.75,  # round trips through node + worker + TCP: at least 0.75x raw gevent
+    "pipelined_ratio": 0.80,  # pipelined: at least 0.80x raw gevent's one write per frame
+    "conns_ratio": 0.75,  # 100 concurrent connections: at least 0.75x raw gevent
     "codec_roundtrip_ns": 1300.0,  # encode + decode of one echo reply frame: at most 1.3 µs
+    "bytes_per_idle_conn": 20480.0,  # 10,000 idle connections: at most 20 KiB each
 }
 
 SIZES = {
@@ -248,7 +255,7 @@ def client_rtt(
     pc = time.perf_counter_ns
     lat = [0] * n
     if impl == "raw":
-        request, _ = greenockam_frames(addr)
+        request, reply = greenockam_frames(addr)
         sock = raw_connect(addr, timeout)
         reader = RawFrameReader(sock)
         read = reader.read_frame
@@ -267,7 +274,7 @@ def client_rtt(
             lat[i] = pc() - t0
         total = pc() - start
         cpu1 = cpu_marks(server_pid)
-        last_ok = len(frame) == size
+        last_ok = frame in (request, reply)  # raw server: the request; greenockam: its reply
         sock.close()
     else:
         from greenockam import Node
@@ -735,6 +742,9 @@ def client_argv(impl: str, phase: str, addr: str, timeout: float, **kw: Any) -> 
 def run_phase(impl: str, phase: str, cpus: Tuple[int, int], sizes: Dict[str, int],
               timeout: float) -> Dict[str, Any]:
     server, addr = start_server(impl, cpus[0], 30)
+    client_impl = impl
+    if phase == "rtt_server":  # raw client, greenockam server
+        client_impl, phase = "raw", "rtt"
     try:
         if phase == "rtt":
             kw = {"n": sizes["rtt_n"], "warm": sizes["rtt_warm"], "server_pid": server.pid}
@@ -744,7 +754,8 @@ def run_phase(impl: str, phase: str, cpus: Tuple[int, int], sizes: Dict[str, int
             kw = {"conns": sizes["conns"], "per_conn": sizes["per_conn"], "server_pid": server.pid}
         else:
             kw = {"n": sizes["idle_n"], "warm": sizes["idle_warm"]}
-        client = Proc(f"{impl} {phase} client", client_argv(impl, phase, addr, timeout, **kw),
+        client = Proc(f"{client_impl} {phase} client",
+                      client_argv(client_impl, phase, addr, timeout, **kw),
                       cpus[1], stdin=(phase == "idle"))
         try:
             if phase != "idle":
@@ -829,12 +840,12 @@ def orchestrate(args: argparse.Namespace) -> int:
         f"greenockam {gko_version}",
         flush=True,
     )
-    phases = ["rtt", "pipelined", "conns", "idle"]
+    phases = ["rtt", "rtt_server", "pipelined", "conns", "idle"]
     runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     codec_runs: List[Dict[str, Any]] = []
     for rep in range(reps):
         for phase in phases:
-            for impl in ("raw", "gko"):
+            for impl in ("gko",) if phase == "rtt_server" else ("raw", "gko"):
                 t0 = time.monotonic()
                 r = run_phase(impl, phase, cpus, sizes, timeout)
                 runs.setdefault((impl, phase), []).append(r)
@@ -842,11 +853,13 @@ def orchestrate(args: argparse.Namespace) -> int:
                     f"{r['bytes_per_conn']:,.0f} B/conn" if phase == "idle"
                     else f"{r['per_s']:,.0f} msg/s"
                 )
-                print(f"  rep {rep + 1} {phase:9} {impl:4} {shown:>18}  "
+                print(f"  rep {rep + 1} {phase:10} {impl:4} {shown:>18}  "
                       f"({time.monotonic() - t0:.1f} s)", flush=True)
         codec_runs.append(run_codec_phase(cpus[1], sizes["codec_number"], timeout))
-        print(f"  rep {rep + 1} codec          {codec_runs[-1]['roundtrip_ns']:,.0f} ns enc+dec",
+        print(f"  rep {rep + 1} codec           {codec_runs[-1]['roundtrip_ns']:,.0f} ns enc+dec",
               flush=True)
+
+    runs[("raw", "rtt_server")] = runs[("raw", "rtt")]  # its baseline: raw client, raw server
 
     def med(impl: str, phase: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[(impl, phase)])
@@ -859,11 +872,16 @@ def orchestrate(args: argparse.Namespace) -> int:
         ("rtt_per_s", "rtt", "per_s"),
         ("rtt_p50_us", "rtt", "p50_us"),
         ("rtt_p99_us", "rtt", "p99_us"),
+        ("rtt_server_per_s", "rtt_server", "per_s"),
+        ("rtt_server_p50_us", "rtt_server", "p50_us"),
+        ("rtt_server_p99_us", "rtt_server", "p99_us"),
         ("pipelined_per_s", "pipelined", "per_s"),
         ("conns_per_s", "conns", "per_s"),
         ("bytes_per_idle_conn", "idle", "bytes_per_conn"),
         ("rtt_server_cpu_us", "rtt", "server_cpu_us"),
         ("rtt_client_cpu_us", "rtt", "client_cpu_us"),
+        ("rtt_server_server_cpu_us", "rtt_server", "server_cpu_us"),
+        ("rtt_server_client_cpu_us", "rtt_server", "client_cpu_us"),
         ("pipelined_server_cpu_us", "pipelined", "server_cpu_us"),
         ("pipelined_client_cpu_us", "pipelined", "client_cpu_us"),
         ("conns_server_cpu_us", "conns", "server_cpu_us"),
@@ -874,7 +892,10 @@ def orchestrate(args: argparse.Namespace) -> int:
     res["rtt_ratio"] = res["rtt_per_s"] / res["raw_rtt_per_s"]
     res["rtt_p50_ratio"] = res["rtt_p50_us"] / res["raw_rtt_p50_us"]
     res["rtt_p99_ratio"] = res["rtt_p99_us"] / res["raw_rtt_p99_us"]
-    for phase in ("rtt", "pipelined", "conns"):
+    res["rtt_server_ratio"] = res["rtt_server_per_s"] / res["raw_rtt_server_per_s"]
+    res["rtt_server_p50_ratio"] = res["rtt_server_p50_us"] / res["raw_rtt_server_p50_us"]
+    res["rtt_server_p99_ratio"] = res["rtt_server_p99_us"] / res["raw_rtt_server_p99_us"]
+    for phase in ("rtt", "rtt_server", "pipelined", "conns"):
         for side in ("server", "client"):
             key = f"{phase}_{side}_cpu_us"
             raw = res["raw_" + key]
@@ -944,6 +965,12 @@ def orchestrate(args: argparse.Namespace) -> int:
     row("  latency p50 (µs)", "rtt_p50_us", ".1f", "rtt_p50_ratio")
     row("  latency p99 (µs)", "rtt_p99_us", ".1f", "rtt_p99_ratio")
     cpu_rows("rtt")
+    row("round trips, raw client -> greenockam server (msg/s)", "rtt_server_per_s", ",.0f",
+        "rtt_server_ratio")
+    row("  latency p50 (µs)", "rtt_server_p50_us", ".1f", "rtt_server_p50_ratio")
+    row("  latency p99 (µs)", "rtt_server_p99_us", ".1f", "rtt_server_p99_ratio")
+    row("  server CPU per message (µs)", "rtt_server_server_cpu_us", ".2f",
+        "rtt_server_server_cpu_us_ratio")
     row(f"pipelined, {sizes['pipelined_n']:,} msgs (msg/s)", "pipelined_per_s", ",.0f",
         "pipelined_ratio")
     cpu_rows("pipelined")

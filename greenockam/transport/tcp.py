@@ -61,7 +61,7 @@ def format_peer(sockaddr: Any) -> str:
 
 
 class Connection:
-    """One TCP connection, accepted or opened, with its reader greenlet and output list.
+    """One TCP connection, accepted or opened: its socket, decoder, watchers and output list.
 
     Attributes:
         peer: the key of this connection (``host:port`` as asked, or the peer as seen).
@@ -311,8 +311,10 @@ class TcpTransport:
         connect_timeout: seconds to open an outgoing connection (default 5).
         idle_timeout: close a connection that receives nothing for this many seconds
             (default ``None``: never).
-        max_connections: accept at most this many connections at once per listener; the excess
-            is closed at once and logged (default ``None``: no cap).
+        max_connections: keep at most this many accepted connections open at once; the excess
+            is closed as soon as it is accepted, and logged (default ``None``: no cap). The
+            StreamServer's handler only registers a connection and returns, so the cap is
+            counted here rather than by a ``Pool`` of handler greenlets.
 
     Attributes:
         high_water: bytes queued on one connection before local senders wait and forwarding
@@ -374,7 +376,9 @@ class TcpTransport:
         if self._stopped or (
             self.max_connections is not None and len(self._accepted) >= self.max_connections
         ):
-            logger.warning("turned away a connection from {}: {} connections open", peer, len(self._accepted))
+            logger.warning(
+                "turned away a connection from {}: {} connections open", peer, len(self._accepted)
+            )
             self._count("connections_refused")
             sock.close()
             return
