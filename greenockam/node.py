@@ -46,7 +46,7 @@ from .errors import (
     WorkerInitError,
 )
 from .message import Routed
-from .wire import TransportMessage, message
+from .wire import VERSION, TransportMessage, message
 from .worker import Worker
 
 try:  # Python 3.8+: typing.Protocol
@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["Node", "Context", "Transport", "Source"]
 
+_new_message = tuple.__new__  # builds a TransportMessage without a call through wire.message
 _STOP: Any = object()  # wakes a context's receivers when it closes
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
 
@@ -215,7 +216,7 @@ class Context:
             NodeStopped: the node was stopped.
         """
         self.node._send_local(
-            message(as_route(route), self._return_route, self.codec.encode(body))
+            _new_message(TransportMessage, (VERSION, as_route(route), self._return_route, self.codec.encode(body)))
         )
 
     def send_payload(self, route: RouteLike, payload: bytes) -> None:
@@ -224,7 +225,12 @@ class Context:
 
     def reply(self, msg: Routed, body: Any) -> None:
         """Send ``body`` back along ``msg``'s return route."""
-        self.node._send_local(message(msg.return_route, self._return_route, self.codec.encode(body)))
+        self.node._send_local(
+            _new_message(
+                TransportMessage,
+                (VERSION, msg._message[2], self._return_route, self.codec.encode(body)),
+            )
+        )
 
     def forward(self, msg: Routed) -> None:
         """Pass ``msg`` on as a middleware hop (PROTOCOL.md rule 5): pop this hop from the onward
@@ -262,6 +268,9 @@ class Context:
             ReceiveTimeout: nothing arrived in time.
             NodeStopped: the context was closed while waiting.
         """
+        items = self._queue._items
+        if items:  # the common case under load: no waiting, no call into the mailbox
+            return self._routed(items.popleft(), message_type)
         try:
             msg = self._queue.get(timeout)
         except ReceiveTimeout:
@@ -554,7 +563,9 @@ class Node:
         readiness, typically from an I/O watcher's callback in the hub)."""
         if self._state == _RUNNING:
             self._ready.append((source, None))
-            self._wake_router()
+            if self._router_idle:  # called from the hub: switch straight into the router
+                self._router_idle = False
+                self._router.switch()
 
     def deliver(self, messages: List[TransportMessage], source: Source) -> None:
         """Hand messages that arrived from ``source`` to the router greenlet (for transports that
@@ -587,6 +598,7 @@ class Node:
         transports = self._transports
         ready = self._ready
         hub = self._hub
+        mailbox_size = self.mailbox_size
         while True:
             while ready:
                 source, messages = ready.popleft()
@@ -609,7 +621,7 @@ class Node:
                             continue
                         queue = ctx._queue
                         queue.put(msg)
-                        if len(queue) > self.mailbox_size and source not in ctx._paused:
+                        if len(queue._items) > mailbox_size and source not in ctx._paused:
                             ctx._paused.add(source)
                             source.pause()
                             if ctx._blocked_on is not None:  # its worker waits to send: see

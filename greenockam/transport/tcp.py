@@ -73,6 +73,7 @@ class Connection:
         "accepted",
         "_transport",
         "_node",
+        "_loop",
         "_sock",
         "_state",
         "_error",
@@ -95,6 +96,7 @@ class Connection:
         self.accepted = accepted
         self._transport = transport
         self._node = transport.node
+        self._loop = get_hub().loop
         self._sock: Optional[socket.socket] = None
         self._state = _CONNECTING
         self._error: Optional[BaseException] = None
@@ -134,7 +136,7 @@ class Connection:
     def _attach(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = get_hub().loop
+        loop = self._loop
         self._sock = sock
         self._last_read = loop.now()
         self._read_watcher = loop.io(sock.fileno(), 1)
@@ -144,7 +146,8 @@ class Connection:
         if self._ready is not None:
             self._ready.set()
         if self._out:
-            self._schedule_flush()
+            self._flush_pending = True
+            loop.run_callback(self._flush)
 
     def wait_ready(self, timeout: Optional[float]) -> None:
         """Wait until an opening connection is open (for a local sender).
@@ -166,11 +169,8 @@ class Connection:
         self._out.append(frame)
         self._out_bytes += len(frame)
         if not self._flush_pending and self._state == _OPEN:
-            self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        self._flush_pending = True
-        get_hub().loop.run_callback(self._flush)
+            self._flush_pending = True
+            self._loop.run_callback(self._flush)
 
     def _flush(self) -> None:
         """Runs in the hub: one ``send`` of everything queued; never blocks."""
@@ -196,7 +196,7 @@ class Connection:
             out[:] = [data[sent:]]
             self._out_bytes = len(data) - sent
             if self._write_watcher is None:
-                self._write_watcher = get_hub().loop.io(self._sock.fileno(), 2)  # type: ignore
+                self._write_watcher = self._loop.io(self._sock.fileno(), 2)  # type: ignore
             self._write_watcher.start(self._on_writable)
 
     def _on_writable(self) -> None:
