@@ -98,13 +98,20 @@ class Codec:
         Raises:
             RemoteProtocolError: the payload is not a valid value of that type.
         """
+        return self.decoder(message_type)(payload)
+
+    def decoder(self, message_type: Any = str) -> Callable[[bytes], Any]:
+        """The function that decodes a payload as ``message_type`` (see :meth:`decode`).
+
+        Raises:
+            LocalProtocolError: the codec has no decoder for that type.
+        """
         try:
-            decoder = self._decoders[message_type]
+            return self._decoders[message_type]
         except (KeyError, TypeError):
             raise LocalProtocolError(
                 f"the {self.name} codec has no decoder for {message_type!r}"
             ) from None
-        return decoder(payload)
 
     # -- str and bytes: a length, then the bytes ---------------------------------------------
 

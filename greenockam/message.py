@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .address import Address, Route
-from .codecs import Codec
 from .wire import TransportMessage
 
 __all__ = ["Routed"]
@@ -20,14 +19,13 @@ class Routed:
         address: the local address it was delivered to.
     """
 
-    __slots__ = ("_message", "_codec", "_type", "_body", "address")
+    __slots__ = ("_message", "_decode", "_body", "address")
 
     def __init__(
-        self, message: TransportMessage, address: Address, codec: Codec, message_type: Any
+        self, message: TransportMessage, address: Address, decode: Callable[[bytes], Any]
     ) -> None:
         self._message = message
-        self._codec = codec
-        self._type = message_type
+        self._decode = decode  # the receiver's codec's decoder for its message type
         self._body = _UNDECODED
         self.address = address
 
@@ -40,7 +38,7 @@ class Routed:
         """
         body = self._body
         if body is _UNDECODED:
-            body = self._body = self._codec.decode(self._message[3], self._type)
+            body = self._body = self._decode(self._message[3])
         return body
 
     @property

@@ -174,6 +174,7 @@ class Context:
         "addresses",
         "codec",
         "message_type",
+        "_decode",
         "_queue",
         "_return_route",
         "_paused",
@@ -191,6 +192,7 @@ class Context:
         self.addresses = tuple(addresses)
         self.codec = codec
         self.message_type = message_type
+        self._decode = codec.decoder(message_type)
         self._queue = Mailbox(node._hub.loop)
         self._return_route = Route([self.address])
         self._paused: Set[Source] = set()
@@ -216,7 +218,10 @@ class Context:
             NodeStopped: the node was stopped.
         """
         self.node._send_local(
-            _new_message(TransportMessage, (VERSION, as_route(route), self._return_route, self.codec.encode(body)))
+            _new_message(
+                TransportMessage,
+                (VERSION, as_route(route), self._return_route, self.codec.encode(body)),
+            )
         )
 
     def send_payload(self, route: RouteLike, payload: bytes) -> None:
@@ -294,7 +299,9 @@ class Context:
         if self._paused and len(self._queue) <= self._low_water:
             self._resume_sources()
         return Routed(
-            msg, msg[1][0], self.codec, self.message_type if message_type is None else message_type
+            msg,
+            msg[1][0],
+            self._decode if message_type is None else self.codec.decoder(message_type),
         )
 
     def _resume_sources(self) -> None:
