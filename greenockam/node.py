@@ -57,6 +57,7 @@ except ImportError:  # pragma: no cover
 __all__ = ["Node", "Context", "Transport", "Source"]
 
 _new_message = tuple.__new__  # builds a TransportMessage without a call through wire.message
+_TIMED_OUT: Any = object()  # what a receive timer wakes its waiter with
 _STOP: Any = object()  # wakes a context's receivers when it closes
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
 
@@ -125,31 +126,38 @@ class Mailbox:
             ReceiveTimeout: nothing arrived in time (the caller words the message).
         """
         items = self._items
+        loop = self._loop
+        deadline = None if timeout is None else loop.now() + timeout
         while not items:
             waiter = Waiter()
             self._waiters.append(waiter)
+            timer = None
+            if deadline is not None:  # a bare libev timer: gevent.Timeout costs 7 Python calls
+                timer = loop.timer(max(deadline - loop.now(), 0.0))
+                timer.start(waiter.switch, _TIMED_OUT)
             try:
-                if timeout is None:
-                    waiter.get()
-                else:
-                    with gevent.Timeout(timeout, ReceiveTimeout):
-                        waiter.get()
-            except BaseException:  # a timeout or a kill
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                elif items and self._waiters:  # put() chose us: pass its wake-up on
-                    self._loop.run_callback(self._waiters.popleft().switch, None)
+                woken = waiter.get()
+            except BaseException:  # killed while waiting
+                self._forget(waiter)
                 raise
+            finally:
+                if timer is not None:
+                    timer.close()
+            if woken is _TIMED_OUT:
+                self._forget(waiter)
+                raise ReceiveTimeout("timed out")
         item = items.popleft()
         if items and self._waiters:  # another receiver can take the next one
-            self._loop.run_callback(self._waiters.popleft().switch, None)
+            loop.run_callback(self._waiters.popleft().switch, None)
         return item
 
-    def get_nowait(self) -> Any:
-        """The oldest item, or :class:`ReceiveTimeout` if there is none."""
-        if not self._items:
-            raise ReceiveTimeout("empty")
-        return self._items.popleft()
+    def _forget(self, waiter: Waiter) -> None:
+        """A receiver leaves without an item: drop its waiter, or pass on the wake-up that
+        ``put`` already gave it."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        elif self._items and self._waiters:
+            self._loop.run_callback(self._waiters.popleft().switch, None)
 
 
 def random_address() -> str:
@@ -275,34 +283,30 @@ class Context:
         """
         items = self._queue._items
         if items:  # the common case under load: no waiting, no call into the mailbox
-            return self._routed(items.popleft(), message_type)
-        try:
-            msg = self._queue.get(timeout)
-        except ReceiveTimeout:
-            raise ReceiveTimeout(
-                f"no message for {self.address} within {timeout} seconds"
-            ) from None
-        return self._routed(msg, message_type)
-
-    def receive_nowait(self, message_type: Any = None) -> Routed:
-        """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
-        try:
-            msg = self._queue.get_nowait()
-        except ReceiveTimeout:
-            raise ReceiveTimeout(f"no message waiting for {self.address}") from None
-        return self._routed(msg, message_type)
-
-    def _routed(self, msg: Any, message_type: Any) -> Routed:
+            msg = items.popleft()
+        else:
+            try:
+                msg = self._queue.get(timeout)
+            except ReceiveTimeout:
+                raise ReceiveTimeout(
+                    f"no message for {self.address} within {timeout} seconds"
+                ) from None
         if msg is _STOP:
             self._queue.put(_STOP)  # keep waking every other receiver too
             raise NodeStopped(f"{self.address} was stopped")
-        if self._paused and len(self._queue) <= self._low_water:
+        if self._paused and len(items) <= self._low_water:
             self._resume_sources()
         return Routed(
             msg,
             msg[1][0],
             self._decode if message_type is None else self.codec.decoder(message_type),
         )
+
+    def receive_nowait(self, message_type: Any = None) -> Routed:
+        """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
+        if not self._queue._items:
+            raise ReceiveTimeout(f"no message waiting for {self.address}")
+        return self.receive(None, message_type)
 
     def _resume_sources(self) -> None:
         paused, self._paused = self._paused, set()
@@ -523,10 +527,9 @@ class Node:
         for addr in ctx.addresses:
             if self._contexts.get(addr[1]) is ctx:
                 del self._contexts[addr[1]]
-        left = len(ctx._queue)
-        while left:
-            item = ctx._queue.get_nowait()
-            left -= 1
+        items = ctx._queue._items
+        while items:
+            item = items.popleft()
             if item is not _STOP:
                 self._drop("stopped", item, None)
         ctx._queue.put(_STOP)  # wakes anyone still waiting in receive()
