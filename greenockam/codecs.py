@@ -55,7 +55,6 @@ class Codec:
         self._write_len = write_len
         self._read_len = read_len
         self._encoders: Dict[type, Callable[[Any], bytes]] = {
-            str: self._encode_str,
             bytes: self._encode_bytes,
             bytearray: self._encode_bytes,
             memoryview: self._encode_bytes,
@@ -82,6 +81,13 @@ class Codec:
         Raises:
             LocalProtocolError: the type is not supported, or the value does not fit.
         """
+        if type(value) is str:  # the common case, without a second call
+            try:
+                data = value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError(f"the string cannot be encoded as UTF-8: {exc}") from None
+            n = len(data)
+            return (_BYTE[n] if n < 0x80 and self is BARE else self._write_len(n)) + data
         try:
             encoder = self._encoders[type(value)]
         except KeyError:
@@ -114,16 +120,6 @@ class Codec:
             ) from None
 
     # -- str and bytes: a length, then the bytes ---------------------------------------------
-
-    def _encode_str(self, value: str) -> bytes:
-        try:
-            data = value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise LocalProtocolError(f"the string cannot be encoded as UTF-8: {exc}") from None
-        n = len(data)
-        if n < 0x80 and self is BARE:  # the common short string: a one-byte uint
-            return _BYTE[n] + data
-        return self._write_len(n) + data
 
     def _encode_bytes(self, value: Any) -> bytes:
         data = bytes(value)
