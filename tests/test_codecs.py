@@ -8,27 +8,15 @@ from hypothesis import strategies as st
 
 from greenockam.codecs import BARE, BINCODE, CODECS, RAW, Codec, get_codec
 from greenockam.errors import LocalProtocolError, RemoteProtocolError
+from reference import ref_uint
 
 CODEC_PARAMS = pytest.mark.parametrize("codec", [BARE, BINCODE], ids=["bare", "bincode"])
 
 DATA_300 = bytes(range(256)) + bytes(range(44))
 
 
-def _ref_uint(value):
-    """Reference unsigned LEB128 (BARE uint), written independently of greenockam."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _ref_length(codec, n):
-    return _ref_uint(n) if codec is BARE else struct.pack("<Q", n)
+    return ref_uint(n) if codec is BARE else struct.pack("<Q", n)
 
 
 # --- encodings from PROTOCOL.md section 5 -------------------------------------------------------

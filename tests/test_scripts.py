@@ -13,7 +13,6 @@ import re
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import gevent.socket
 import pytest
 
 import greenockam
+from reference import bare_str, ref_frame
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,42 +42,6 @@ if os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__))) == ROO
 
 with open(os.path.join(ROOT, "tests", "vectors.json"), encoding="utf-8") as _f:
     FRAMES = {e["name"]: bytes.fromhex(e["frame_hex"]) for e in json.load(_f)["frames"]}
-
-
-# --- a reference encoder, from PROTOCOL.md alone ------------------------------------------------
-
-
-def ref_uint(value):
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def ref_route(addresses):
-    out = ref_uint(len(addresses))
-    for text in addresses:
-        kind, sep, value = text.partition("#")
-        if not sep:
-            kind, value = "0", text
-        data = value.encode("utf-8")
-        out += bytes([int(kind)]) + ref_uint(len(data)) + data
-    return out
-
-
-def ref_frame(onward, ret, payload):
-    body = b"\x01" + ref_route(onward) + ref_route(ret) + ref_uint(len(payload)) + payload
-    return struct.pack(">H", len(body)) + body
-
-
-def bare_str(text):
-    data = text.encode("utf-8")
-    return ref_uint(len(data)) + data
 
 
 def test_the_reference_encoder_of_these_tests_reproduces_the_echo_vectors():

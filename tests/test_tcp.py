@@ -31,6 +31,7 @@ from greenockam import (
     Worker,
 )
 from greenockam.transport.tcp import TcpTransport
+from reference import bare_str, ref_frame, ref_uint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,42 +61,6 @@ def _has_ipv6_loopback():
 
 
 HAS_IPV6 = _has_ipv6_loopback()
-
-
-# --- a reference encoder, from PROTOCOL.md alone ------------------------------------------------
-
-
-def ref_uint(value):
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def ref_route(addresses):
-    out = ref_uint(len(addresses))
-    for text in addresses:
-        kind, sep, value = text.partition("#")
-        if not sep:
-            kind, value = "0", text
-        data = value.encode("utf-8")
-        out += bytes([int(kind)]) + ref_uint(len(data)) + data
-    return out
-
-
-def ref_frame(onward, ret, payload):
-    body = b"\x01" + ref_route(onward) + ref_route(ret) + ref_uint(len(payload)) + payload
-    return struct.pack(">H", len(body)) + body
-
-
-def bare_str(text):
-    data = text.encode("utf-8")
-    return ref_uint(len(data)) + data
 
 
 def retarget(frame, old, new):

@@ -34,6 +34,7 @@ from greenockam.wire import (
     encode_route,
     encode_uint,
 )
+from reference import ref_frame, ref_route, ref_uint
 
 _VECTORS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors.json")
 with open(_VECTORS_PATH, encoding="utf-8") as _f:
@@ -49,38 +50,6 @@ SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 def _ids(entries):
     return [e["name"] for e in entries]
-
-
-# --- a reference encoder, from PROTOCOL.md alone ------------------------------------------------
-
-
-def ref_uint(value):
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def ref_route(route):
-    out = ref_uint(len(route))
-    for kind, value in route:
-        data = value.encode("utf-8")
-        out += bytes([kind]) + ref_uint(len(data)) + data
-    return out
-
-
-def ref_body(onward, ret, payload, version=1):
-    return bytes([version]) + ref_route(onward) + ref_route(ret) + ref_uint(len(payload)) + payload
-
-
-def ref_frame(onward, ret, payload, version=1):
-    body = ref_body(onward, ret, payload, version)
-    return struct.pack(">H", len(body)) + body
 
 
 def framed(body):
