@@ -573,9 +573,7 @@ class Node:
         readiness, typically from an I/O watcher's callback in the hub)."""
         if self._state == _RUNNING:
             self._ready.append((source, None))
-            if self._router_idle:  # called from the hub: switch straight into the router
-                self._router_idle = False
-                self._router.switch()
+            self._wake_router()
 
     def deliver(self, messages: List[TransportMessage], source: Source) -> None:
         """Hand messages that arrived from ``source`` to the router greenlet (for transports that
