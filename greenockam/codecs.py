@@ -162,11 +162,15 @@ class Codec:
         try:
             return _BOOL[payload]
         except KeyError:
-            raise RemoteProtocolError(f"a bool is one byte 00 or 01, got {payload.hex()!r}") from None
+            raise RemoteProtocolError(
+                f"a bool is one byte 00 or 01, got {payload.hex()!r}"
+            ) from None
 
     def _decode_unit(self, payload: bytes) -> None:
         if payload:
-            raise RemoteProtocolError(f"the unit value takes no bytes, the payload holds {len(payload)}")
+            raise RemoteProtocolError(
+                f"the unit value takes no bytes, the payload holds {len(payload)}"
+            )
         return None
 
 

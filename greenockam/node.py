@@ -706,8 +706,8 @@ class Node:
 
     def statistics(self) -> Dict[str, Any]:
         """Plain numbers: ``workers``, ``messages_routed``, ``handler_errors``, ``dropped`` (by
-        reason), ``router_queue`` (batches waiting) and ``mailbox_depths`` (primary address ->
-        messages waiting, for every context with any)."""
+        reason), ``router_queue`` (readable connections and batches waiting for the router) and
+        ``mailbox_depths`` (primary address -> messages waiting, for every context with any)."""
         contexts = set(self._contexts.values())
         return {
             "state": self._state,

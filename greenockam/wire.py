@@ -44,8 +44,8 @@ _new_tuple = tuple.__new__
 _pack_header = struct.Struct(">HB").pack  # frame length, then the version byte of the body
 _BYTE = [bytes((i,)) for i in range(256)]
 
-# Route -> its encoding, and the encoding of both routes -> (onward, return). Cleared wholesale when full: a peer that sends
-# endless distinct routes costs us re-parsing, never memory.
+# Route -> its encoding, and the encoding of both routes -> (onward, return). Cleared wholesale
+# when full: a peer that sends endless distinct routes costs us re-parsing, never memory.
 _encoded_routes: Dict[tuple, bytes] = {}
 _decoded_routes: Dict[bytes, Tuple[Route, Route]] = {}
 # The routes of the last frame encoded, by identity: (onward, return, pop_first, their bytes).

@@ -508,7 +508,10 @@ class TcpTransport:
         """Plain numbers: ``connections`` open now, ``listeners``, and counters
         (``connections_accepted``, ``connections_opened``, ``connect_failures``,
         ``connections_refused``, ``malformed_frames``, ``messages_dropped``)."""
-        stats: Dict[str, Any] = {"connections": len(self._connections), "listeners": len(self._servers)}
+        stats: Dict[str, Any] = {
+            "connections": len(self._connections),
+            "listeners": len(self._servers),
+        }
         stats.update(self._counters)
         return stats
 
