@@ -687,7 +687,11 @@ class Node:
             for msg in messages or ():
                 self._drop("stopped", msg, source)
         current = getcurrent()
-        workers = [ctx._greenlet for ctx in list(self._workers) if ctx._greenlet is not current]
+        workers = [
+            ctx._greenlet
+            for ctx in list(self._workers)
+            if ctx._greenlet is not None and ctx._greenlet is not current
+        ]
         for ctx in list(self._workers):
             self._signal_stop(ctx)
         gevent.joinall(workers, timeout)
