@@ -2,71 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from operator import itemgetter
+from typing import Any
 
 from .address import Address, Route
 from .wire import TransportMessage
 
 __all__ = ["Routed"]
 
-_UNDECODED: Any = object()
+_new_tuple = tuple.__new__
 
 
-class Routed:
-    """A received message with its routes, as Ockam's ``Routed<M>``.
+class Routed(tuple):
+    """A received message with its routes and decoded body, as Ockam's ``Routed<M>``.
 
-    Attributes:
-        address: the local address it was delivered to.
+    Immutable; a tuple ``(version, onward_route, return_route, payload, address, body)`` so
+    that building one and reading its fields cost no Python call on the per-message path.
     """
 
-    __slots__ = ("_message", "_decode", "_body", "address")
+    __slots__ = ()
 
-    def __init__(
-        self, message: TransportMessage, address: Address, decode: Callable[[bytes], Any]
-    ) -> None:
-        self._message = message
-        self._decode = decode  # the receiver's codec's decoder for its message type
-        self._body = _UNDECODED
-        self.address = address
+    version = property(itemgetter(0), doc="The version byte of the TransportMessage.")
+    onward_route = property(
+        itemgetter(1),
+        doc="The onward route; the receiving worker is still at its front (PROTOCOL.md rule 2).",
+    )
+    return_route = property(itemgetter(2), doc="The route back to the sender.")
+    payload = property(itemgetter(3), doc="The raw payload bytes.")
+    address = property(itemgetter(4), doc="The local address it was delivered to.")
+    body = property(
+        itemgetter(5),
+        doc="The payload decoded with the receiver's codec and message type (``str`` by default).",
+    )
 
-    @property
-    def body(self) -> Any:
-        """The payload decoded with the receiver's codec and message type (``str`` by default).
-
-        Raises:
-            RemoteProtocolError: the payload is not a valid value of that type.
-        """
-        body = self._body
-        if body is _UNDECODED:
-            body = self._body = self._decode(self._message[3])
-        return body
-
-    @property
-    def payload(self) -> bytes:
-        """The raw payload bytes."""
-        return self._message[3]
-
-    @property
-    def onward_route(self) -> Route:
-        """The onward route; the receiving worker is still at its front (PROTOCOL.md rule 2)."""
-        return self._message[1]
-
-    @property
-    def return_route(self) -> Route:
-        """The route back to the sender."""
-        return self._message[2]
+    def __new__(cls, message: TransportMessage, address: Address, body: Any) -> "Routed":
+        return _new_tuple(cls, message + (address, body))
 
     @property
     def transport_message(self) -> TransportMessage:
         """The message as it travels, for forwarding unchanged."""
-        return self._message
+        return _new_tuple(TransportMessage, self[:4])
 
     def reply(self) -> Route:
         """The route to send an answer to (Ockam's ``Routed::reply``): the return route."""
-        return self._message[2]
+        return self[2]
 
     def __repr__(self) -> str:
         return (
-            f"Routed(onward={str(self._message[1])!r}, return={str(self._message[2])!r}, "
-            f"payload={len(self._message[3])} bytes)"
+            f"Routed(onward={str(self[1])!r}, return={str(self[2])!r}, "
+            f"payload={len(self[3])} bytes)"
         )

@@ -33,7 +33,7 @@ from gevent.hub import Waiter
 from loguru import logger
 
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
-from .codecs import RAW, Codec, get_codec
+from .codecs import Codec, get_codec
 from .errors import (
     AddressError,
     AddressInUse,
@@ -241,18 +241,19 @@ class Context:
         self.node._send_local(
             _new_message(
                 TransportMessage,
-                (VERSION, msg._message[2], self._return_route, self.codec.encode(body)),
+                (VERSION, msg[2], self._return_route, self.codec.encode(body)),
             )
         )
 
     def forward(self, msg: Routed) -> None:
         """Pass ``msg`` on as a middleware hop (PROTOCOL.md rule 5): pop this hop from the onward
         route, prepend it to the return route, keep the payload unchanged."""
-        tm = msg.transport_message
-        onward = tm[1]
+        onward = msg[1]
         if not onward or onward[0] not in self.addresses:
             raise RouteError(f"{self.address} is not the next hop of {str(onward)!r}")
-        self.node._send_local(message(onward.pop_front(), tm[2].prepend(onward[0]), tm[3], tm[0]))
+        self.node._send_local(
+            message(onward.pop_front(), msg[2].prepend(onward[0]), msg[3], msg[0])
+        )
 
     def request(
         self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
@@ -274,12 +275,14 @@ class Context:
     # -- receiving --------------------------------------------------------------------------
 
     def receive(self, timeout: Optional[float] = None, message_type: Any = None) -> Routed:
-        """The next message in this context's mailbox; waits up to ``timeout`` seconds
-        (``None``: forever).
+        """The next message in this context's mailbox, its body decoded as ``message_type``
+        (default: the context's); waits up to ``timeout`` seconds (``None``: forever).
 
         Raises:
             ReceiveTimeout: nothing arrived in time.
             NodeStopped: the context was closed while waiting.
+            RemoteProtocolError: the payload is not a valid ``message_type``; the message is
+                dropped (counted as ``bad_payload``).
         """
         items = self._queue._items
         if items:  # the common case under load: no waiting, no call into the mailbox
@@ -296,11 +299,13 @@ class Context:
             raise NodeStopped(f"{self.address} was stopped")
         if self._paused and len(items) <= self._low_water:
             self._resume_sources()
-        return Routed(
-            msg,
-            msg[1][0],
-            self._decode if message_type is None else self.codec.decoder(message_type),
-        )
+        decode = self._decode if message_type is None else self.codec.decoder(message_type)
+        try:
+            body = decode(msg[3])
+        except RemoteProtocolError as exc:
+            self.node._drop("bad_payload", msg, exc)
+            raise
+        return _new_message(Routed, msg + (msg[1][0], body))
 
     def receive_nowait(self, message_type: Any = None) -> Routed:
         """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
@@ -468,16 +473,12 @@ class Node:
         self._worker_greenlets[getcurrent()] = ctx
         handle = worker.handle_message
         receive = ctx.receive
-        decode_eagerly = ctx.message_type is not RAW
         try:
             while not ctx._stopping:
-                msg = receive()
-                if decode_eagerly:
-                    try:
-                        msg.body
-                    except RemoteProtocolError as exc:
-                        self._drop("bad_payload", msg.transport_message, exc)
-                        continue
+                try:
+                    msg = receive()
+                except RemoteProtocolError:
+                    continue  # a payload that is not a message_type: dropped and counted
                 try:
                     handle(ctx, msg)
                 except Exception as exc:
