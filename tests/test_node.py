@@ -28,6 +28,7 @@ from greenockam import (
     Node,
     NodeStopped,
     ReceiveTimeout,
+    RemoteProtocolError,
     RouteError,
     Routed,
     TransportMessage,
@@ -1157,3 +1158,27 @@ def test_logging_is_silent_by_default(capfd):
     assert [r for r in records if r["name"].startswith("greenockam")] == []
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_receive_raises_for_a_payload_that_is_not_its_message_type_and_counts_the_drop(node):
+    node.send(["app"], "not a number")
+    with pytest.raises(RemoteProtocolError):
+        node.receive(timeout=WAIT, message_type=int)
+    assert node.statistics()["dropped"] == {"bad_payload": 1}
+    node.send(["app"], 7)
+    assert node.receive(timeout=WAIT, message_type=int).body == 7
+
+
+def test_a_receive_that_times_out_passes_a_wake_up_it_was_given_to_the_next_receiver(node):
+    got = []
+
+    def patient():
+        got.append(node.receive(timeout=WAIT).body)
+
+    waiting = gevent.spawn(patient)
+    gevent.sleep(0)  # let it start waiting first (ordering, not timing: no result depends on it)
+    with pytest.raises(ReceiveTimeout):
+        node.receive(timeout=0.01)
+    node.send(["app"], "for whoever waits")
+    waiting.join(WAIT)
+    assert got == ["for whoever waits"]
