@@ -9,8 +9,8 @@ How a message moves (PROTOCOL.md section 4):
   node that a connection is readable (:meth:`Node.readable`, from an I/O callback), and the router
   reads it (non-blocking), decodes it and dispatches each message by the same rules. It never
   raises and never blocks: what cannot be delivered is logged, counted in
-  :meth:`Node.statistics` and dropped. One greenlet serves every connection, so a message costs
-  no greenlet switch between reading and its worker, and a connection costs no greenlet.
+  :meth:`Node.statistics` and dropped. One greenlet serves every connection: a connection costs
+  no greenlet, and input from many connections at once costs one wake-up.
 
 Mailbox policy (see the README): a mailbox holds ``mailbox_size`` messages. A local send into a
 full mailbox raises :class:`~greenockam.errors.MailboxFull` at once (never blocks, so two workers
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple, Union
 
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
@@ -49,14 +49,9 @@ from .message import Routed
 from .wire import VERSION, TransportMessage, message
 from .worker import Worker
 
-try:  # Python 3.8+: typing.Protocol
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
-
 __all__ = ["Node", "Context", "Transport", "Source"]
 
-_new_message = tuple.__new__  # builds a TransportMessage without a call through wire.message
+_new_tuple = tuple.__new__  # builds a TransportMessage or Routed without a Python-level call
 _TIMED_OUT: Any = object()  # what a receive timer wakes its waiter with
 _STOP: Any = object()  # wakes a context's receivers when it closes
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
@@ -226,7 +221,7 @@ class Context:
             NodeStopped: the node was stopped.
         """
         self.node._send_local(
-            _new_message(
+            _new_tuple(
                 TransportMessage,
                 (VERSION, as_route(route), self._return_route, self.codec.encode(body)),
             )
@@ -239,7 +234,7 @@ class Context:
     def reply(self, msg: Routed, body: Any) -> None:
         """Send ``body`` back along ``msg``'s return route."""
         self.node._send_local(
-            _new_message(
+            _new_tuple(
                 TransportMessage,
                 (VERSION, msg[2], self._return_route, self.codec.encode(body)),
             )
@@ -305,7 +300,7 @@ class Context:
         except RemoteProtocolError as exc:
             self.node._drop("bad_payload", msg, exc)
             raise
-        return _new_message(Routed, msg + (msg[1][0], body))
+        return _new_tuple(Routed, msg + (msg[1][0], body))
 
     def receive_nowait(self, message_type: Any = None) -> Routed:
         """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
