@@ -442,9 +442,10 @@ class TcpTransport:
 
         For a local sender (``source is None``) this may wait for the connection to open and for
         a full output to drain, and raises :class:`ConnectFailed`,
-        :class:`~greenockam.errors.LocalProtocolError` (body over 65535 bytes) or
-        :class:`ConnectionLost`. A forwarded message never waits: failures are logged and
-        counted, and a connection whose output is past :attr:`high_water` pauses ``source``.
+        :class:`~greenockam.errors.LocalProtocolError` (body over 65535 bytes),
+        :class:`ConnectionLost`, or :class:`OutputFull` (a worker whose own mailbox is full, past
+        :attr:`high_water`). A forwarded message never waits: failures are logged and counted,
+        and a connection whose output is past :attr:`high_water` pauses ``source``.
         """
         peer = message[1][0][1]
         conn = self._connections.get(peer)
