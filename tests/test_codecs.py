@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from greenockam.codecs import BARE, BINCODE, CODECS, RAW, Codec, get_codec
 from greenockam.errors import LocalProtocolError, RemoteProtocolError
-from reference import ref_uint
+from helpers import ref_uint
 
 CODEC_PARAMS = pytest.mark.parametrize("codec", [BARE, BINCODE], ids=["bare", "bincode"])
 

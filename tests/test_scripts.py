@@ -22,7 +22,7 @@ import gevent.socket
 import pytest
 
 import greenockam
-from reference import bare_str, ref_frame
+from helpers import assert_closed_by_peer, bare_str, recv_exact, ref_frame, split_host_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -44,18 +44,11 @@ with open(os.path.join(ROOT, "tests", "vectors.json"), encoding="utf-8") as _f:
     FRAMES = {e["name"]: bytes.fromhex(e["frame_hex"]) for e in json.load(_f)["frames"]}
 
 
-def test_the_reference_encoder_of_these_tests_reproduces_the_echo_vectors():
-    payload = bare_str(HELLO)
-    assert ref_frame(["0#echo_service"], ["0#app"], payload) == FRAMES["echo_request_bare"]
-    assert ref_frame(["0#app"], ["0#echo_service"], payload) == FRAMES["echo_reply_bare"]
 
 
 # --- subprocesses and sockets -------------------------------------------------------------------
 
 
-def split_host_port(address):
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def read_line(proc, timeout):
@@ -167,17 +160,6 @@ def finish_client(proc, timeout=T):
     return proc.returncode, out, err
 
 
-def recv_exact(sock, n, timeout=T):
-    sock.settimeout(timeout)
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise AssertionError(
-                "connection closed after %d of %d bytes: %r" % (len(buf), n, bytes(buf))
-            )
-        buf += chunk
-    return bytes(buf)
 
 
 def connect(address):
@@ -185,13 +167,6 @@ def connect(address):
     return socket.create_connection(split_host_port(address), T)
 
 
-def assert_closed_by_peer(sock, timeout=T):
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(1)
-    except ConnectionResetError:
-        return
-    assert data == b"", "expected the connection to be closed, got %r" % data
 
 
 @contextlib.contextmanager

@@ -31,7 +31,15 @@ from greenockam import (
     Worker,
 )
 from greenockam.transport.tcp import TcpTransport
-from reference import bare_str, ref_frame, ref_uint
+from helpers import (
+    assert_closed_by_peer,
+    bare_str,
+    recv_exact,
+    recv_frame,
+    ref_frame,
+    ref_uint,
+    split_host_port,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,9 +92,6 @@ def test_the_reference_encoder_of_these_tests_reproduces_the_vectors():
 # --- raw peers and helpers ----------------------------------------------------------------------
 
 
-def split_host_port(address):
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def peer_name(sockaddr):
@@ -95,32 +100,10 @@ def peer_name(sockaddr):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
-def recv_exact(sock, n, timeout=T):
-    sock.settimeout(timeout)
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise AssertionError(
-                "connection closed after %d of %d bytes: %r" % (len(buf), n, bytes(buf[:200]))
-            )
-        buf += chunk
-    return bytes(buf)
 
 
-def recv_frame(sock, timeout=T):
-    header = recv_exact(sock, 2, timeout)
-    return header + recv_exact(sock, struct.unpack(">H", header)[0], timeout)
 
 
-def assert_closed_by_peer(sock, timeout=T):
-    """The other side closed: recv sees EOF (or a reset), not a timeout and not data."""
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(1)
-    except ConnectionResetError:
-        return
-    assert data == b"", "expected the connection to be closed, got %r" % data
 
 
 def wait_until(predicate, what, timeout=T):

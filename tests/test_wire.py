@@ -34,7 +34,7 @@ from greenockam.wire import (
     encode_route,
     encode_uint,
 )
-from reference import ref_frame, ref_route, ref_uint
+from helpers import ref_frame, ref_route, ref_uint
 
 _VECTORS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors.json")
 with open(_VECTORS_PATH, encoding="utf-8") as _f:
