@@ -15,6 +15,7 @@ import sys
 
 from loguru import logger
 
+from _cli import add_common_options, start_logging
 from greenockam import GreenockamError, Node, ReceiveTimeout, Route
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
@@ -22,16 +23,10 @@ from greenockam.transport.tcp import TcpTransport, parse_host_port
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="greenockam echo client")
     parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="server HOST:PORT")
-    parser.add_argument("--codec", choices=["bare", "bincode"], default="bare")
     parser.add_argument("--message", default="Hello you over there!")
     parser.add_argument("--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"')
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
-    )
+    add_common_options(parser)
     args = parser.parse_args(argv)
     try:
         parse_host_port(args.address)
@@ -40,9 +35,7 @@ def main(argv=None) -> int:
         print("Usage: echo_client.py <ip>:<port> [--route ROUTE]", file=sys.stderr)
         return 1
 
-    logger.remove()
-    logger.add(sys.stderr, level=args.log_level)
-    logger.enable("greenockam")
+    start_logging(args.log_level)
 
     with Node(codec=args.codec) as node:
         TcpTransport(node, connect_timeout=args.timeout)

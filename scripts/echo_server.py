@@ -16,6 +16,7 @@ import gevent
 from gevent.event import Event
 from loguru import logger
 
+from _cli import add_common_options, start_logging
 from greenockam import Node, Worker
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
@@ -35,13 +36,7 @@ class Responder(Worker):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="greenockam echo server")
     parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="HOST:PORT to bind")
-    parser.add_argument("--codec", choices=["bare", "bincode"], default="bare")
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
-    )
+    add_common_options(parser)
     args = parser.parse_args(argv)
     try:
         parse_host_port(args.address)
@@ -49,9 +44,7 @@ def main(argv=None) -> int:
         print("Usage: echo_server.py <ip>:<port>", file=sys.stderr)
         return 1
 
-    logger.remove()
-    logger.add(sys.stderr, level=args.log_level)
-    logger.enable("greenockam")
+    start_logging(args.log_level)
 
     stop = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
