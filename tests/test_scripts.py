@@ -125,20 +125,6 @@ def echo_server(tmp_path, *args, **kwargs):
         end_process(proc)
 
 
-def run_client(*args, **kwargs):
-    timeout = kwargs.pop("timeout", T)
-    assert not kwargs
-    return subprocess.run(
-        [sys.executable, CLIENT] + list(args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=ENV,
-    )
-
-
 def start_client(*args):
     return subprocess.Popen(
         [sys.executable, CLIENT] + list(args),
@@ -148,6 +134,15 @@ def start_client(*args):
         cwd=ROOT,
         env=ENV,
     )
+
+
+def run_client(*args, **kwargs):
+    """Run echo_client.py to its end: (returncode, stdout, stderr) as a CompletedProcess."""
+    timeout = kwargs.pop("timeout", T)
+    assert not kwargs
+    proc = start_client(*args)
+    code, out, err = finish_client(proc, timeout)
+    return subprocess.CompletedProcess(proc.args, code, out, err)
 
 
 def finish_client(proc, timeout=T):
