@@ -46,7 +46,7 @@ from .errors import (
     WorkerInitError,
 )
 from .message import Routed
-from .wire import VERSION, TransportMessage, message
+from .wire import VERSION, TransportMessage
 from .worker import Worker
 
 __all__ = ["Node", "Context", "Transport", "Source"]
@@ -229,7 +229,11 @@ class Context:
 
     def send_payload(self, route: RouteLike, payload: bytes) -> None:
         """Like :meth:`send`, with ``payload`` already encoded."""
-        self.node._send_local(message(as_route(route), self._return_route, bytes(payload)))
+        self.node._send_local(
+            _new_tuple(
+                TransportMessage, (VERSION, as_route(route), self._return_route, bytes(payload))
+            )
+        )
 
     def reply(self, msg: Routed, body: Any) -> None:
         """Send ``body`` back along ``msg``'s return route."""
@@ -247,7 +251,9 @@ class Context:
         if not onward or onward[0] not in self.addresses:
             raise RouteError(f"{self.address} is not the next hop of {str(onward)!r}")
         self.node._send_local(
-            message(onward.pop_front(), msg[2].prepend(onward[0]), msg[3], msg[0])
+            _new_tuple(
+                TransportMessage, (msg[0], onward.pop_front(), msg[2].prepend(onward[0]), msg[3])
+            )
         )
 
     def request(

@@ -93,13 +93,6 @@ class TransportMessage(tuple):
         )
 
 
-def message(
-    onward_route: Route, return_route: Route, payload: bytes, version: int = VERSION
-) -> TransportMessage:
-    """Build a TransportMessage without copying or checking (the hot-path constructor)."""
-    return _new_tuple(TransportMessage, (version, onward_route, return_route, payload))
-
-
 # --- BARE uint -------------------------------------------------------------------------------
 
 
