@@ -17,7 +17,7 @@ import struct
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .errors import LocalProtocolError, RemoteProtocolError
-from .wire import decode_uint, encode_uint
+from .wire import _BYTE, decode_uint, encode_uint
 
 __all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
 
@@ -32,7 +32,6 @@ class _Raw:
 RAW: Any = _Raw()
 
 _u64 = struct.Struct("<Q")
-_BYTE = [bytes((i,)) for i in range(256)]
 _BOOL = {b"\x00": False, b"\x01": True}
 
 

@@ -257,7 +257,7 @@ class Connection:
         if not data:
             self.close("closed by peer")
             return []
-        self._last_read = self._read_watcher.loop.now()
+        self._last_read = self._loop.now()
         try:
             return self._decoder.feed(data)
         except RemoteProtocolError as exc:
