@@ -572,10 +572,16 @@ class Node:
 
     def readable(self, source: Source) -> None:
         """Tell the router greenlet that ``source`` has input (for transports; call it once per
-        readiness, typically from an I/O watcher's callback in the hub)."""
+        readiness, typically as an I/O watcher's callback in the hub, which switches straight
+        into the router)."""
         if self._state == _RUNNING:
             self._ready.append((source, None))
-            self._wake_router()
+            if self._router_idle:  # _wake_router, inlined: this runs once per read
+                self._router_idle = False
+                if getcurrent() is self._hub:
+                    self._router.switch()
+                else:
+                    self._hub.loop.run_callback(self._resume_router)
 
     def deliver(self, messages: List[TransportMessage], source: Source) -> None:
         """Hand messages that arrived from ``source`` to the router greenlet (for transports that
@@ -599,16 +605,24 @@ class Node:
                 self._hub.loop.run_callback(self._resume_router)
 
     def _resume_router(self) -> None:
-        if not self._router.dead:
+        if self._state == _RUNNING:  # once stop() has begun, what waits is dropped, not routed
             self._router.switch()
 
     def _route_incoming(self) -> None:
-        """The router greenlet: read what is ready, dispatch it; never raises, never blocks."""
+        """The router greenlet: read what is ready, dispatch it; never raises, never blocks.
+
+        A worker waiting for a message it delivered is woken by a switch straight from here when
+        the batch is done (the last one; any others through hub callbacks), so a message costs one
+        switch into its worker rather than two through the hub. The router is idle while that
+        worker runs and resumes when the next input switches back to it.
+        """
         contexts = self._contexts
         transports = self._transports
         ready = self._ready
         hub = self._hub
+        run_callback = hub.loop.run_callback
         mailbox_size = self.mailbox_size
+        wake: List[Waiter] = []  # receivers to wake once the batch is dispatched
         while True:
             while ready:
                 source, messages = ready.popleft()
@@ -630,8 +644,11 @@ class Node:
                             self._drop("unknown_address", msg, source)
                             continue
                         queue = ctx._queue
-                        queue.put(msg)
-                        if len(queue._items) > mailbox_size and source not in ctx._paused:
+                        items = queue._items
+                        items.append(msg)  # Mailbox.put, inlined, waking by switch (above)
+                        if queue._waiters:
+                            wake.append(queue._waiters.popleft())
+                        if len(items) > mailbox_size and source not in ctx._paused:
                             ctx._paused.add(source)
                             source.pause()
                             if ctx._blocked_on is not None:  # its worker waits to send: see
@@ -644,7 +661,16 @@ class Node:
                         transport.send(msg, source)
                     self._routed += 1
             self._router_idle = True
-            hub.switch()  # until _wake_router switches back
+            if wake:
+                last = wake.pop()
+                for waiter in wake:
+                    run_callback(waiter.switch, None)
+                wake.clear()
+                # The waiter's greenlet is parked in Waiter.get (hub.switch): nothing ran since
+                # its waiter left the mailbox, so this cannot wake it anywhere else.
+                last.greenlet.switch(None)
+            else:
+                hub.switch()  # until readable() or _wake_router switches back
 
     def _sender_context(self) -> Optional[Context]:
         """The worker context whose greenlet is running, if any (for transports' flow control)."""

@@ -86,7 +86,6 @@ class Connection:
         "_drained",
         "_paused_sources",
         "_paused",
-        "_queued",
         "_decoder",
         "_last_read",
     )
@@ -109,7 +108,6 @@ class Connection:
         self._drained: Optional[Event] = None
         self._paused_sources: Set[Source] = set()
         self._paused = False
-        self._queued = False  # the router has been told we are readable and has not read yet
         self._decoder = FrameDecoder(Address(TCP, peer))
         self._last_read = 0.0
 
@@ -129,7 +127,7 @@ class Connection:
         """Read again."""
         self._paused = False
         if self._state == _OPEN:
-            self._read_watcher.start(self._on_readable)
+            self._read_watcher.start(self._node.readable, self)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -142,7 +140,7 @@ class Connection:
         self._read_watcher = loop.io(sock.fileno(), 1)
         self._state = _OPEN
         if not self._paused:
-            self._read_watcher.start(self._on_readable)
+            self._read_watcher.start(self._node.readable, self)
         if self._ready is not None:
             self._ready.set()
         if self._out:
@@ -234,17 +232,10 @@ class Connection:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        """The read watcher's callback, in the hub: queue this connection for the router once."""
-        if not self._queued:
-            self._queued = True
-            self._node.readable(self)
-
     def read(self) -> List[TransportMessage]:
         """Called by the router greenlet: one non-blocking ``recv``, decoded. Closes the
         connection on EOF, a socket error or a malformed frame (returning the messages decoded
         before it)."""
-        self._queued = False
         if self._state != _OPEN or self._paused:
             return []
         try:
