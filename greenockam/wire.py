@@ -336,15 +336,26 @@ class FrameDecoder:
         out: List[TransportMessage] = []
         n = len(data)
         pos = 0
+        raw = self._routes_raw
+        skip = 1 + len(raw)  # the version byte and the routes
         try:
             while n - pos >= 2:
                 body = pos + 2
                 end = body + ((data[pos] << 8) | data[pos + 1])
                 if end > n:
                     break
-                raw = self._routes_raw
                 if raw and data.startswith(raw, body + 1, end):
-                    p = body + 1 + len(raw)
+                    p = body + skip
+                    size = end - p - 1
+                    if 0 <= size < 0x80 and data[p] == size:  # the common case: a one-byte
+                        out.append(  # payload length, and the payload fills the body
+                            _new_tuple(
+                                TransportMessage,
+                                (data[body], self._onward, self._return, data[p + 1 : end]),
+                            )
+                        )
+                        pos = end
+                        continue
                 else:
                     if body == end:
                         raise RemoteProtocolError(
@@ -352,7 +363,8 @@ class FrameDecoder:
                         )
                     self._onward, ret, p = _parse_routes(data, body + 1, end, body)
                     self._return = ret if self._prefix is None else ret.prepend(self._prefix)
-                    self._routes_raw = data[body + 1 : p]
+                    raw = self._routes_raw = data[body + 1 : p]
+                    skip = p - body
                 if p >= end:
                     raise RemoteProtocolError(
                         f"body ends before the payload length at offset {p - body}"
