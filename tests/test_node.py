@@ -1062,6 +1062,37 @@ def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_re
     assert node.statistics()["dropped"] == {"stopped": 99}
 
 
+def test_one_batch_for_several_waiting_receivers_wakes_every_one_and_the_router_goes_on(node):
+    # The router switches straight into the last receiver it woke and the others through hub
+    # callbacks; it must then resume for the next input, even after a handler that raised.
+    class Failing(Worker):
+        def handle_message(self, ctx, msg):
+            raise RuntimeError("boom")
+
+    recorders = [Recorder(expected=2) for _ in range(3)]
+    for i, rec in enumerate(recorders):
+        node.start_worker(f"rec{i}", rec)
+    node.start_worker("failing", Failing())
+    src = RecordingSource()
+    got = []
+
+    def receive_at_app():
+        got.append(node.receive(timeout=WAIT).body)
+
+    receiver = gevent.spawn(receive_at_app)  # starts, and blocks, before the router runs
+    for round_ in range(2):
+        batch = [network_message([f"rec{i}"], f"{round_}-{i}") for i in range(3)]
+        node.deliver(batch + [network_message(["failing"])], src)
+        if round_ == 0:
+            node.deliver([network_message(["app"], "to app")], src)
+    receiver.join(WAIT)
+    for i, rec in enumerate(recorders):
+        wait(rec.done, f"rec{i}'s two messages")
+        assert [m.body for m in rec.messages] == [f"0-{i}", f"1-{i}"]
+    assert got == ["to app"]
+    assert node.statistics()["handler_errors"] == 2
+
+
 def test_stop_counts_network_messages_still_waiting_for_the_router_as_stopped():
     node = Node()
     rec = Recorder()
