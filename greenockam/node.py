@@ -702,8 +702,10 @@ class Node:
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop the node: the router greenlet ends, every worker finishes the message in hand
         and runs ``shutdown``, transports close their connections; anything left in a mailbox is
-        dropped. Waits up to ``timeout`` seconds (default :attr:`stop_timeout`) for workers, then
-        kills them. Idempotent; afterwards every send raises :class:`NodeStopped`.
+        dropped. A ``receive`` or ``request`` still waiting, in a handler or elsewhere, raises
+        :class:`NodeStopped` at once. Waits up to ``timeout`` seconds (default
+        :attr:`stop_timeout`) for workers, then kills them. Idempotent; afterwards every send
+        raises :class:`NodeStopped`.
         """
         if self._state != _RUNNING:
             return
@@ -722,7 +724,9 @@ class Node:
         ]
         for ctx in list(self._workers):
             self._signal_stop(ctx)
-        gevent.joinall(workers, timeout)
+        for ctx in set(self._contexts.values()).difference(self._workers):
+            ctx._queue.put(_STOP)  # app and requests' temporary contexts: a handler in a request
+        gevent.joinall(workers, timeout)  # ends now instead of holding its worker till timeout
         stuck = [g for g in workers if not g.dead]
         if stuck:
             logger.warning("{} workers did not stop within {}s; killing them", len(stuck), timeout)

@@ -1030,6 +1030,38 @@ def test_a_request_blocked_when_the_node_stops_gets_node_stopped(node):
     assert time.monotonic() - started < 1.0
 
 
+def test_a_handler_blocked_in_a_request_without_timeout_ends_when_the_node_stops():
+    class Asker(Worker):
+        def __init__(self):
+            self.asking = Event()
+            self.outcome = None
+            self.shut_down = Event()
+
+        def handle_message(self, ctx, msg):
+            self.asking.set()  # no switch between this and the blocking request below
+            try:
+                ctx.request(["silent"], "anyone?")  # no timeout: only stop() ends it
+            except NodeStopped as exc:
+                self.outcome = exc
+                raise
+
+        def shutdown(self, ctx):
+            self.shut_down.set()
+
+    node = Node()
+    node.start_worker("silent", Silent())
+    asker = Asker()
+    node.start_worker("asker", asker)
+    node.send(["asker"], "go")
+    wait(asker.asking, "the handler to be in its request")
+    started = time.monotonic()
+    node.stop(timeout=WAIT)
+    assert time.monotonic() - started < 1.0, "stop() waited for its timeout"
+    assert isinstance(asker.outcome, NodeStopped)
+    assert asker.shut_down.is_set()
+    assert node.statistics()["handler_errors"] == 0  # ended by its own node's stop
+
+
 def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_rest_as_stopped():
     class Slow(Worker):
         def __init__(self):
