@@ -24,7 +24,19 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Protocol,
+    Set,
+    Tuple,
+    Union,
+)
 
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
@@ -52,6 +64,7 @@ from .worker import Worker
 __all__ = ["Node", "Context", "Transport", "Source"]
 
 _new_tuple = tuple.__new__  # builds a TransportMessage or Routed without a Python-level call
+_OUTLETS_PER_CONTEXT = 1024  # routes whose transport fast path a context remembers
 _TIMED_OUT: Any = object()  # what a receive timer wakes its waiter with
 _STOP: Any = object()  # wakes a context's receivers when it closes
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
@@ -89,6 +102,10 @@ class Transport(Protocol):
 
     def stop(self, timeout: float) -> None:
         """Close every connection and end every greenlet the transport started."""
+
+    # Optional: ``outlet(route, return_route)`` returns a callable that carries a local
+    # sender's next payloads along ``route`` without the full path, returning False when it
+    # cannot (then :meth:`send` is used), or None. See TcpTransport.outlet.
 
 
 class Mailbox:
@@ -180,6 +197,7 @@ class Context:
         "_decode",
         "_queue",
         "_return_route",
+        "_outlets",
         "_paused",
         "_low_water",
         "_stopping",
@@ -198,6 +216,8 @@ class Context:
         self._decode = codec.decoder(message_type)
         self._queue = Mailbox(node._hub.loop)
         self._return_route = Route([self.address])
+        # Transports' fast paths for the routes this context sends along (see _send).
+        self._outlets: Dict[Route, Callable[[bytes], bool]] = {}
         self._paused: Set[Source] = set()
         self._low_water = node.mailbox_size // 2
         self._stopping = False
@@ -220,29 +240,30 @@ class Context:
             ConnectFailed: a new TCP connection to the next hop could not be opened.
             NodeStopped: the node was stopped.
         """
-        self.node._send_local(
-            _new_tuple(
-                TransportMessage,
-                (VERSION, as_route(route), self._return_route, self.codec.encode(body)),
-            )
-        )
+        self._send(as_route(route), self.codec.encode(body))
 
     def send_payload(self, route: RouteLike, payload: bytes) -> None:
         """Like :meth:`send`, with ``payload`` already encoded."""
-        self.node._send_local(
-            _new_tuple(
-                TransportMessage, (VERSION, as_route(route), self._return_route, bytes(payload))
-            )
-        )
+        self._send(as_route(route), bytes(payload))
 
     def reply(self, msg: Routed, body: Any) -> None:
         """Send ``body`` back along ``msg``'s return route."""
+        self._send(msg[2], self.codec.encode(body))
+
+    def _send(self, route: Route, payload: bytes) -> None:
+        outlet = self._outlets.get(route)
+        if outlet is not None and outlet(payload):  # the transport's fast path took it
+            self.node._routed += 1
+            return
         self.node._send_local(
-            _new_tuple(
-                TransportMessage,
-                (VERSION, msg[2], self._return_route, self.codec.encode(body)),
-            )
+            _new_tuple(TransportMessage, (VERSION, route, self._return_route, payload))
         )
+        if route[0][0] != LOCAL:  # sent: the next message along this route may take a fast path
+            outlet = self.node._outlet(route, self._return_route)
+            if outlet is not None:
+                if len(self._outlets) >= _OUTLETS_PER_CONTEXT:
+                    self._outlets.clear()
+                self._outlets[route] = outlet
 
     def forward(self, msg: Routed) -> None:
         """Pass ``msg`` on as a middleware hop (PROTOCOL.md rule 5): pop this hop from the onward
@@ -569,6 +590,11 @@ class Node:
                 raise UnknownAddress(f"no transport for address type {kind} (next hop {onward[0]})")
             transport.send(msg, None)
         self._routed += 1
+
+    def _outlet(self, route: Route, return_route: Route) -> Optional[Callable[[bytes], bool]]:
+        """The fast path of the transport for ``route``'s first hop, if it offers one."""
+        outlet = getattr(self._transports.get(route[0][0]), "outlet", None)
+        return outlet(route, return_route) if outlet is not None else None
 
     def readable(self, source: Source) -> None:
         """Tell the router greenlet that ``source`` has input (for transports; call it once per

@@ -32,6 +32,7 @@ __all__ = [
     "encode_route",
     "encode_body",
     "encode_frame",
+    "frame_with_routes",
     "decode_body",
     "FrameDecoder",
 ]
@@ -261,9 +262,24 @@ def encode_frame(msg: TransportMessage, pop_first: bool = False) -> bytes:
             _encoded_routes.get(ret) or encode_route(ret)
         )
         _last_routes = (onward, ret, pop_first, routes_raw)
+    return frame_with_routes(version, routes_raw, payload)
+
+
+def frame_with_routes(version: int, routes_raw: bytes, payload: bytes) -> bytes:
+    """A frame whose routes are already encoded: ``routes_raw`` is the onward route's
+    :func:`encode_route` followed by the return route's (a sender that repeats its routes
+    encodes them once).
+
+    Raises:
+        LocalProtocolError: the body would exceed 65535 bytes.
+    """
     n = len(payload)
-    length_raw = _BYTE[n] if n < 0x80 else encode_uint(n)
-    size = 1 + len(routes_raw) + len(length_raw) + n
+    if n < 0x80:
+        length_raw = _BYTE[n]
+        size = 2 + len(routes_raw) + n
+    else:
+        length_raw = encode_uint(n)
+        size = 1 + len(routes_raw) + len(length_raw) + n
     if size > MAX_BODY:
         raise LocalProtocolError(
             f"message body of {size} bytes exceeds the protocol limit of {MAX_BODY} bytes"

@@ -230,10 +230,10 @@ def test_a_node_answers_the_captured_rust_request_with_the_captured_rust_reply(n
     _, tcp, address = net.node(codec=codec, listen=True, echo=True)
     peer = net.connect(address)
 
-    peer.sendall(FRAMES["echo_request_" + codec])
-
     expected = FRAMES["echo_reply_" + codec]
-    assert recv_exact(peer, len(expected)) == expected
+    for _ in range(2):  # the first reply takes the full send path, the second the fast path
+        peer.sendall(FRAMES["echo_request_" + codec])
+        assert recv_exact(peer, len(expected)) == expected
     assert list(tcp.connections) == [peer_name(peer.getsockname())]
 
 
@@ -245,6 +245,8 @@ def test_a_node_sends_the_captured_rust_request_and_decodes_the_captured_reply(n
     node.send(["1#" + address, "echo_service"], HELLO)
     peer = net.accept(listener)
     expected = FRAMES["echo_request_" + codec]
+    assert recv_exact(peer, len(expected)) == expected
+    node.send(["1#" + address, "echo_service"], HELLO)  # again, through the fast path
     assert recv_exact(peer, len(expected)) == expected
 
     peer.sendall(FRAMES["echo_reply_" + codec])

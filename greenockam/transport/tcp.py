@@ -20,7 +20,8 @@ objects driven by gevent watchers; nothing is monkey-patched.
 from __future__ import annotations
 
 import socket
-from typing import Any, Dict, List, Optional, Set, Tuple
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import gevent
 import gevent.socket
@@ -30,10 +31,17 @@ from gevent.pool import Group
 from gevent.server import StreamServer
 from loguru import logger
 
-from ..address import TCP, Address
+from ..address import TCP, Address, Route
 from ..errors import ConnectFailed, ConnectionLost, NodeStopped, OutputFull, RemoteProtocolError
 from ..node import Context, Node, Source
-from ..wire import FrameDecoder, TransportMessage, encode_frame
+from ..wire import (
+    VERSION,
+    FrameDecoder,
+    TransportMessage,
+    encode_frame,
+    encode_route,
+    frame_with_routes,
+)
 
 __all__ = ["TcpTransport", "Connection", "parse_host_port", "format_peer"]
 
@@ -169,6 +177,20 @@ class Connection:
         if not self._flush_pending and self._state == _OPEN:
             self._flush_pending = True
             self._loop.run_callback(self._flush)
+
+    def write_message(self, routes_raw: bytes, payload: bytes) -> bool:
+        """A local sender's fast path (see :meth:`TcpTransport.outlet`): frame ``payload``
+        behind routes already encoded and queue it. Returns False, doing nothing, when the
+        connection is not open or more than ``high_water`` bytes wait: the sender then takes the
+        full path, which reconnects, waits or raises.
+
+        Raises:
+            LocalProtocolError: the body would exceed 65535 bytes.
+        """
+        if self._state != _OPEN or self._out_bytes > self._transport.high_water:
+            return False
+        self.write(frame_with_routes(VERSION, routes_raw, payload))
+        return True
 
     def _flush(self) -> None:
         """Runs in the hub: one ``send`` of everything queued; never blocks."""
@@ -470,6 +492,17 @@ class TcpTransport:
         if conn._out_bytes > self.high_water and source not in conn._paused_sources:
             conn._paused_sources.add(source)
             source.pause()
+
+    def outlet(self, route: Route, return_route: Route) -> Optional[Callable[[bytes], bool]]:
+        """A fast path for a local sender's next messages along ``route`` (its first hop is
+        ours) with ``return_route``: a callable that takes an encoded payload, writes it and
+        returns True, or returns False when the full :meth:`send` is needed (see
+        :meth:`Connection.write_message`). None if the connection is not open.
+        """
+        conn = self._connections.get(route[0][1])
+        if conn is None or conn._state != _OPEN:
+            return None
+        return partial(conn.write_message, encode_route(route[1:]) + encode_route(return_route))
 
     def _close_idle(self) -> None:
         """Timer callback, in the hub: close connections that received nothing for too long."""
