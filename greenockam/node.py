@@ -658,33 +658,42 @@ class Node:
                     except Exception:  # a transport bug must not take the router down
                         logger.opt(exception=True).error("reading from {} failed", source.peer)
                         continue
+                # A connection's frames mostly share one onward route object (the decoder
+                # reuses it): resolve it to a context once per run of them.
+                last_onward = last_ctx = None
                 for msg in messages:
                     onward = msg[1]
-                    if not onward:
-                        self._drop("empty_route", msg, source)
-                        continue
-                    kind, value = onward[0]
-                    if kind == LOCAL:
+                    if onward is last_onward:
+                        ctx = last_ctx
+                    else:
+                        last_onward = None  # until this route resolves to a local context
+                        if not onward:
+                            self._drop("empty_route", msg, source)
+                            continue
+                        kind, value = onward[0]
+                        if kind != LOCAL:
+                            transport = transports.get(kind)
+                            if transport is None:
+                                self._drop("unknown_transport", msg, source)
+                                continue
+                            transport.send(msg, source)
+                            self._routed += 1
+                            continue
                         ctx = contexts.get(value)
                         if ctx is None:
                             self._drop("unknown_address", msg, source)
                             continue
-                        queue = ctx._queue
-                        items = queue._items
-                        items.append(msg)  # Mailbox.put, inlined, waking by switch (above)
-                        if queue._waiters:
-                            wake.append(queue._waiters.popleft())
-                        if len(items) > mailbox_size and source not in ctx._paused:
-                            ctx._paused.add(source)
-                            source.pause()
-                            if ctx._blocked_on is not None:  # its worker waits to send: see
-                                ctx._blocked_on.set()  # TcpTransport.send (it could deadlock)
-                    else:
-                        transport = transports.get(kind)
-                        if transport is None:
-                            self._drop("unknown_transport", msg, source)
-                            continue
-                        transport.send(msg, source)
+                        last_onward, last_ctx = onward, ctx
+                    queue = ctx._queue
+                    items = queue._items
+                    items.append(msg)  # Mailbox.put, inlined, waking by switch (above)
+                    if queue._waiters:
+                        wake.append(queue._waiters.popleft())
+                    if len(items) > mailbox_size and source not in ctx._paused:
+                        ctx._paused.add(source)
+                        source.pause()
+                        if ctx._blocked_on is not None:  # its worker waits to send: see
+                            ctx._blocked_on.set()  # TcpTransport.send (it could deadlock)
                     self._routed += 1
             self._router_idle = True
             if wake:

@@ -350,10 +350,13 @@ class FrameDecoder:
             data = bytes(buffer)
             buffer.clear()
         out: List[TransportMessage] = []
+        append = out.append
         n = len(data)
         pos = 0
         raw = self._routes_raw
         skip = 1 + len(raw)  # the version byte and the routes
+        onward = self._onward
+        ret = self._return
         try:
             while n - pos >= 2:
                 body = pos + 2
@@ -364,10 +367,9 @@ class FrameDecoder:
                     p = body + skip
                     size = end - p - 1
                     if 0 <= size < 0x80 and data[p] == size:  # the common case: a one-byte
-                        out.append(  # payload length, and the payload fills the body
+                        append(  # payload length, and the payload fills the body
                             _new_tuple(
-                                TransportMessage,
-                                (data[body], self._onward, self._return, data[p + 1 : end]),
+                                TransportMessage, (data[body], onward, ret, data[p + 1 : end])
                             )
                         )
                         pos = end
@@ -377,8 +379,11 @@ class FrameDecoder:
                         raise RemoteProtocolError(
                             "empty body: a message needs at least a version byte"
                         )
-                    self._onward, ret, p = _parse_routes(data, body + 1, end, body)
-                    self._return = ret if self._prefix is None else ret.prepend(self._prefix)
+                    onward, ret, p = _parse_routes(data, body + 1, end, body)
+                    if self._prefix is not None:
+                        ret = ret.prepend(self._prefix)
+                    self._onward = onward
+                    self._return = ret
                     raw = self._routes_raw = data[body + 1 : p]
                     skip = p - body
                 if p >= end:
@@ -395,12 +400,7 @@ class FrameDecoder:
                         f"payload length {size} runs past the end of the body "
                         f"({end - p} bytes left) at offset {p - body}"
                     )
-                out.append(
-                    _new_tuple(
-                        TransportMessage,
-                        (data[body], self._onward, self._return, data[p : p + size]),
-                    )
-                )
+                append(_new_tuple(TransportMessage, (data[body], onward, ret, data[p : p + size])))
                 pos = end
         except RemoteProtocolError as exc:
             self._failed = True
