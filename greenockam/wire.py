@@ -350,13 +350,10 @@ class FrameDecoder:
             data = bytes(buffer)
             buffer.clear()
         out: List[TransportMessage] = []
-        append = out.append
         n = len(data)
         pos = 0
         raw = self._routes_raw
         skip = 1 + len(raw)  # the version byte and the routes
-        onward = self._onward
-        ret = self._return
         try:
             while n - pos >= 2:
                 body = pos + 2
@@ -367,9 +364,10 @@ class FrameDecoder:
                     p = body + skip
                     size = end - p - 1
                     if 0 <= size < 0x80 and data[p] == size:  # the common case: a one-byte
-                        append(  # payload length, and the payload fills the body
+                        out.append(  # payload length, and the payload fills the body
                             _new_tuple(
-                                TransportMessage, (data[body], onward, ret, data[p + 1 : end])
+                                TransportMessage,
+                                (data[body], self._onward, self._return, data[p + 1 : end]),
                             )
                         )
                         pos = end
@@ -379,11 +377,8 @@ class FrameDecoder:
                         raise RemoteProtocolError(
                             "empty body: a message needs at least a version byte"
                         )
-                    onward, ret, p = _parse_routes(data, body + 1, end, body)
-                    if self._prefix is not None:
-                        ret = ret.prepend(self._prefix)
-                    self._onward = onward
-                    self._return = ret
+                    self._onward, ret, p = _parse_routes(data, body + 1, end, body)
+                    self._return = ret if self._prefix is None else ret.prepend(self._prefix)
                     raw = self._routes_raw = data[body + 1 : p]
                     skip = p - body
                 if p >= end:
@@ -400,7 +395,12 @@ class FrameDecoder:
                         f"payload length {size} runs past the end of the body "
                         f"({end - p} bytes left) at offset {p - body}"
                     )
-                append(_new_tuple(TransportMessage, (data[body], onward, ret, data[p : p + size])))
+                out.append(
+                    _new_tuple(
+                        TransportMessage,
+                        (data[body], self._onward, self._return, data[p : p + size]),
+                    )
+                )
                 pos = end
         except RemoteProtocolError as exc:
             self._failed = True
