@@ -406,9 +406,7 @@ class FrameDecoder:
             self._failed = True
             exc.messages = out  # type: ignore[attr-defined]
             raise
-        if pos < n:
+        if pos < n:  # _needed is only read while the buffer holds something
             buffer += data[pos:] if pos else data
             self._needed = 2 + ((data[pos] << 8) | data[pos + 1]) if n - pos >= 2 else 2
-        else:
-            self._needed = 2
         return out
