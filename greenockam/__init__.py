@@ -9,26 +9,10 @@ silent until the application calls ``loguru.logger.enable("greenockam")``.
 
 from loguru import logger as _logger
 
+from . import errors
 from .address import Address, Route
 from .codecs import BARE, BINCODE, RAW, Codec
-from .errors import (
-    AddressError,
-    AddressInUse,
-    ConnectFailed,
-    ConnectionLost,
-    GreenockamError,
-    LocalProtocolError,
-    MailboxFull,
-    NodeStopped,
-    OutputFull,
-    ProtocolError,
-    ReceiveTimeout,
-    RemoteProtocolError,
-    RouteError,
-    TransportError,
-    UnknownAddress,
-    WorkerInitError,
-)
+from .errors import *  # noqa: F403 (every exception is public API; see errors.__all__)
 from .message import Routed
 from .node import Context, Node
 from .wire import FrameDecoder, TransportMessage, encode_frame
@@ -52,20 +36,5 @@ __all__ = [
     "TransportMessage",
     "FrameDecoder",
     "encode_frame",
-    "GreenockamError",
-    "AddressError",
-    "ProtocolError",
-    "LocalProtocolError",
-    "RemoteProtocolError",
-    "RouteError",
-    "UnknownAddress",
-    "AddressInUse",
-    "MailboxFull",
-    "NodeStopped",
-    "ReceiveTimeout",
-    "WorkerInitError",
-    "TransportError",
-    "ConnectFailed",
-    "ConnectionLost",
-    "OutputFull",
+    *errors.__all__,
 ]

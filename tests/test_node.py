@@ -1205,6 +1205,20 @@ def test_statistics_are_plain_numbers(node):
     blocker.gate.set()
 
 
+def test_the_package_exports_every_name_it_lists_and_every_error():
+    import greenockam
+    from greenockam import errors
+
+    assert all(hasattr(greenockam, name) for name in greenockam.__all__)
+    error_classes = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, Exception)
+        and value.__module__ == errors.__name__
+    }
+    assert error_classes <= set(greenockam.__all__)
+
+
 def test_logging_is_silent_by_default(capfd):
     records = []
     sink_id = logger.add(lambda message: records.append(message.record), level="DEBUG")
