@@ -4,13 +4,15 @@ How a message moves (PROTOCOL.md section 4):
 
 * A **local send** (``Node.send``, ``Context.send`` from any greenlet) is dispatched in the
   sender's own greenlet, so a bad destination raises right there: type 0 goes into that worker's
-  mailbox, any other type to the transport registered for it.
+  mailbox, any other type to the transport registered for it. After one send along a route, the
+  next ones take the transport's *outlet* for it (the connection and the encoded routes, kept by
+  the context) unless it declines.
 * Input **from the network** is read by the node's **router greenlet**: a transport tells the
-  node that a connection is readable (:meth:`Node.readable`, from an I/O callback), and the router
-  reads it (non-blocking), decodes it and dispatches each message by the same rules. It never
-  raises and never blocks: what cannot be delivered is logged, counted in
-  :meth:`Node.statistics` and dropped. One greenlet serves every connection: a connection costs
-  no greenlet, and input from many connections at once costs one wake-up.
+  node that a connection is readable (:meth:`Node.readable`, from an I/O callback, which switches
+  into the router), and the router reads it (non-blocking), decodes it, dispatches each message
+  by the same rules and switches into the worker it woke. It never raises and never blocks: what
+  cannot be delivered is logged, counted in :meth:`Node.statistics` and dropped. One greenlet
+  serves every connection: a connection costs no greenlet.
 
 Mailbox policy (see the README): a mailbox holds ``mailbox_size`` messages. A local send into a
 full mailbox raises :class:`~greenockam.errors.MailboxFull` at once (never blocks, so two workers
@@ -112,7 +114,8 @@ class Mailbox:
     """A context's unbounded FIFO of messages (the bound is enforced by :class:`Node`).
 
     Leaner than ``gevent.queue.Queue`` on the one path that matters: a ``put`` wakes one waiting
-    receiver through a single hub callback, and a ``get`` with messages waiting returns at once.
+    receiver through a single hub callback (the router greenlet, which inlines ``put``, switches
+    into it instead), and a ``get`` with messages waiting returns at once.
     """
 
     __slots__ = ("_items", "_waiters", "_loop")
