@@ -3,7 +3,9 @@
 The only module of greenockam that touches sockets. It follows PROTOCOL.md sections 1 and 4:
 
 * Sending: the ``1#host:port`` hop is popped from the onward route and the frame is written on the
-  connection keyed by that exact string, opened on demand and reused afterwards.
+  connection keyed by that exact string, opened on demand and reused afterwards. A context that
+  sent along a route keeps an outlet for it (:meth:`TcpTransport.outlet`): the connection and
+  the encoded routes, so its next sends along that route skip the lookups and route encoding.
 * Receiving: a connection's read watcher tells the node's router greenlet it is readable; the
   router calls :meth:`Connection.read`, which reads without blocking and feeds a
   :class:`~greenockam.wire.FrameDecoder` that prepends ``1#<peer>`` to every return route. No
