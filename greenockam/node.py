@@ -605,12 +605,7 @@ class Node:
         into the router)."""
         if self._state == _RUNNING:
             self._ready.append((source, None))
-            if self._router_idle:  # _wake_router, inlined: this runs once per read
-                self._router_idle = False
-                if getcurrent() is self._hub:
-                    self._router.switch()
-                else:
-                    self._hub.loop.run_callback(self._resume_router)
+            self._wake_router()
 
     def deliver(self, messages: List[TransportMessage], source: Source) -> None:
         """Hand messages that arrived from ``source`` to the router greenlet (for transports that
@@ -626,10 +621,11 @@ class Node:
         self._wake_router()
 
     def _wake_router(self) -> None:
+        """Called with the node running, after queueing input for the router."""
         if self._router_idle:
             self._router_idle = False
             if getcurrent() is self._hub:
-                self._resume_router()  # from an I/O callback: straight into the router
+                self._router.switch()  # from an I/O callback: straight into the router
             else:
                 self._hub.loop.run_callback(self._resume_router)
 
