@@ -14,7 +14,8 @@ from .address import Address, Route
 from .codecs import BARE, BINCODE, RAW, Codec
 from .errors import *  # noqa: F403 (every exception is public API; see errors.__all__)
 from .message import Routed
-from .node import Context, Node
+from .context import Context
+from .node import Node
 from .wire import FrameDecoder, TransportMessage, encode_frame
 from .worker import Worker
 

@@ -1,357 +1,55 @@
-"""The Node: workers, their mailboxes, the router greenlet, request/response and lifecycle.
+"""The Node: workers, contexts, endpoints and transports by address, and the lifecycle.
 
-How a message moves (PROTOCOL.md section 4):
+How a message moves (docs/protocol.md, section 4):
 
-* A **local send** (``Node.send``, ``Context.send`` from any greenlet) is dispatched in the
-  sender's own greenlet, so a bad destination raises right there: type 0 goes into that worker's
-  mailbox, any other type to the transport registered for it. After one send along a route, the
-  next ones take the transport's *outlet* for it (the connection and the encoded routes, kept by
-  the context) unless it declines.
-* Input **from the network** is read by the node's **router greenlet**: a transport tells the
-  node that a connection is readable (:meth:`Node.readable`, from an I/O callback, which switches
-  into the router), and the router reads it (non-blocking), decodes it, dispatches each message
-  by the same rules and switches into the worker it woke. It never raises and never blocks: what
-  cannot be delivered is logged, counted in :meth:`Node.statistics` and dropped. One greenlet
-  serves every connection: a connection costs no greenlet.
+* A **local send** (``Node.send``, any :class:`~greenockam.context.Context`'s ``send`` from any
+  greenlet) is dispatched in the sender's own greenlet (:meth:`Node.dispatch`), so a bad
+  destination raises right there: type 0 goes into that context's mailbox or to that endpoint,
+  any other type to the transport registered for it.
+* Input **from the network** is read and dispatched by the node's router greenlet
+  (:mod:`greenockam.router`), which never raises and never blocks.
 
-Mailbox policy (see the README): a mailbox holds ``mailbox_size`` messages. A local send into a
-full mailbox raises :class:`~greenockam.errors.MailboxFull` at once (never blocks, so two workers
-flooding each other cannot deadlock). A message from the network is always accepted, but when it
-takes a mailbox past ``mailbox_size`` the connection it came on stops reading until the worker
-has drained the mailbox to half, so TCP backpressure reaches the remote sender and memory stays
-bounded by ``mailbox_size`` plus one read per paused connection.
+The interfaces a transport or a service builds on (sources, transports, outlets, endpoints and
+flow control) are in :mod:`greenockam.transport.base`.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from typing import (
-    Any,
-    Callable,
-    Deque,
-    Dict,
-    Iterable,
-    List,
-    Optional,
-    Protocol,
-    Set,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
-from gevent.event import AsyncResult, Event
-from gevent.hub import Waiter
+from gevent.event import AsyncResult
 from loguru import logger
 
-from .address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
+from .address import LOCAL, Address, AddressLike, Route, RouteLike
 from .codecs import Codec, get_codec
+from .context import Context
 from .errors import (
     AddressError,
     AddressInUse,
     MailboxFull,
     NodeStopped,
-    ReceiveTimeout,
     RemoteProtocolError,
     RouteError,
     UnknownAddress,
     WorkerInitError,
 )
 from .message import Routed
-from .wire import VERSION, TransportMessage
+from .router import Router
+from .transport.base import Cancel, Endpoint, Outlet, Source, Transport
+from .wire import TransportMessage
 from .worker import Worker
 
-__all__ = ["Node", "Context", "Transport", "Source"]
+__all__ = ["Node", "random_address"]
 
-_new_tuple = tuple.__new__  # builds a TransportMessage or Routed without a Python-level call
-_OUTLETS_PER_CONTEXT = 1024  # routes whose transport fast path a context remembers
-_TIMED_OUT: Any = object()  # what a receive timer wakes its waiter with
-_STOP: Any = object()  # wakes a context's receivers when it closes
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
-
-
-class Source(Protocol):
-    """Where network messages come from: a connection that can be read, paused and resumed."""
-
-    peer: str
-
-    def read(self) -> List[TransportMessage]:
-        """Read what is available without blocking and return the messages it completes.
-
-        Called by the router greenlet after :meth:`Node.readable`; handles its own errors
-        (a broken or malformed connection closes itself and returns what it decoded before).
-        """
-
-    def pause(self) -> None:
-        """Stop reading until :meth:`resume` (flow control)."""
-
-    def resume(self) -> None:
-        """Read again."""
-
-
-class Transport(Protocol):
-    """What a node needs from a transport registered for an address type."""
-
-    def send(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Carry ``message`` whose next hop has this transport's type.
-
-        ``source is None`` for a local sender: may block (connect, a full write buffer) and raises
-        on failure. Otherwise the message is being forwarded from ``source``: must not block or
-        raise; a failure is logged and counted.
-        """
-
-    def stop(self, timeout: float) -> None:
-        """Close every connection and end every greenlet the transport started."""
-
-    # Optional: ``outlet(route, return_route)`` returns a callable that carries a local
-    # sender's next payloads along ``route`` without the full path, returning False when it
-    # cannot (then :meth:`send` is used), or None. See TcpTransport.outlet.
-
-
-class Mailbox:
-    """A context's unbounded FIFO of messages (the bound is enforced by :class:`Node`).
-
-    Leaner than ``gevent.queue.Queue`` on the one path that matters: a ``put`` wakes one waiting
-    receiver through a single hub callback (the router greenlet, which inlines ``put``, switches
-    into it instead), and a ``get`` with messages waiting returns at once.
-    """
-
-    __slots__ = ("_items", "_waiters", "_loop")
-
-    def __init__(self, loop: Any) -> None:
-        self._items: Deque[Any] = deque()
-        self._waiters: Deque[Waiter] = deque()
-        self._loop = loop
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: Any) -> None:
-        """Append ``item``; never blocks (callable from the hub)."""
-        self._items.append(item)
-        if self._waiters:
-            self._loop.run_callback(self._waiters.popleft().switch, None)
-
-    def get(self, timeout: Optional[float] = None) -> Any:
-        """The oldest item; waits up to ``timeout`` seconds (``None``: forever).
-
-        Raises:
-            ReceiveTimeout: nothing arrived in time (the caller words the message).
-        """
-        items = self._items
-        loop = self._loop
-        deadline = None if timeout is None else loop.now() + timeout
-        while not items:
-            waiter = Waiter()
-            self._waiters.append(waiter)
-            timer = None
-            if deadline is not None:  # a bare libev timer: gevent.Timeout costs 7 Python calls
-                timer = loop.timer(max(deadline - loop.now(), 0.0))
-                timer.start(waiter.switch, _TIMED_OUT)
-            try:
-                woken = waiter.get()
-            except BaseException:  # killed while waiting
-                self._forget(waiter)
-                raise
-            finally:
-                if timer is not None:
-                    timer.close()
-            if woken is _TIMED_OUT:
-                self._forget(waiter)
-                raise ReceiveTimeout("timed out")
-        item = items.popleft()
-        if items and self._waiters:  # another receiver can take the next one
-            loop.run_callback(self._waiters.popleft().switch, None)
-        return item
-
-    def _forget(self, waiter: Waiter) -> None:
-        """A receiver leaves without an item: drop its waiter, or pass on the wake-up that
-        ``put`` already gave it."""
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        elif self._items and self._waiters:
-            self._loop.run_callback(self._waiters.popleft().switch, None)
 
 
 def random_address() -> str:
     """32 hex characters, as Ockam's random addresses."""
     return os.urandom(16).hex()
-
-
-class Context:
-    """A set of local addresses with one mailbox: given to a worker's handlers, or used by the
-    application itself (the node's ``app`` context, and the temporary context of a request).
-
-    Attributes:
-        node: the node this context belongs to.
-        address: the primary address (the first one); messages sent from here carry it as their
-            return route.
-        addresses: every address of this context.
-    """
-
-    __slots__ = (
-        "node",
-        "address",
-        "addresses",
-        "codec",
-        "message_type",
-        "_decode",
-        "_queue",
-        "_return_route",
-        "_outlets",
-        "_paused",
-        "_low_water",
-        "_stopping",
-        "_greenlet",
-        "_blocked_on",
-    )
-
-    def __init__(
-        self, node: "Node", addresses: List[Address], codec: Codec, message_type: Any
-    ) -> None:
-        self.node = node
-        self.address = addresses[0]
-        self.addresses = tuple(addresses)
-        self.codec = codec
-        self.message_type = message_type
-        self._decode = codec.decoder(message_type)
-        self._queue = Mailbox(node._hub.loop)
-        self._return_route = Route([self.address])
-        # Transports' fast paths for the routes this context sends along (see _send).
-        self._outlets: Dict[Route, Callable[[bytes], bool]] = {}
-        self._paused: Set[Source] = set()
-        self._low_water = node.mailbox_size // 2
-        self._stopping = False
-        self._greenlet: Optional[Greenlet] = None
-        self._blocked_on: Optional[Event] = None  # set by a transport while a send waits
-
-    def __repr__(self) -> str:
-        return f"<Context {self.address}>"
-
-    # -- sending ----------------------------------------------------------------------------
-
-    def send(self, route: RouteLike, body: Any) -> None:
-        """Send ``body`` (encoded with this context's codec) along ``route``.
-
-        The return route is this context's address (PROTOCOL.md rule 1).
-
-        Raises:
-            UnknownAddress: no local worker or transport for the next hop.
-            MailboxFull: the local destination's mailbox is full.
-            ConnectFailed: a new TCP connection to the next hop could not be opened.
-            NodeStopped: the node was stopped.
-        """
-        self._send(as_route(route), self.codec.encode(body))
-
-    def send_payload(self, route: RouteLike, payload: bytes) -> None:
-        """Like :meth:`send`, with ``payload`` already encoded."""
-        self._send(as_route(route), bytes(payload))
-
-    def reply(self, msg: Routed, body: Any) -> None:
-        """Send ``body`` back along ``msg``'s return route."""
-        self._send(msg[2], self.codec.encode(body))
-
-    def _send(self, route: Route, payload: bytes) -> None:
-        outlet = self._outlets.get(route)
-        if outlet is not None and outlet(payload):  # the transport's fast path took it
-            self.node._routed += 1
-            return
-        self.node._send_local(
-            _new_tuple(TransportMessage, (VERSION, route, self._return_route, payload))
-        )
-        if route[0][0] != LOCAL:  # sent: the next message along this route may take a fast path
-            outlet = self.node._outlet(route, self._return_route)
-            if outlet is not None:
-                if len(self._outlets) >= _OUTLETS_PER_CONTEXT:
-                    self._outlets.clear()
-                self._outlets[route] = outlet
-
-    def forward(self, msg: Routed) -> None:
-        """Pass ``msg`` on as a middleware hop (PROTOCOL.md rule 5): pop this hop from the onward
-        route, prepend it to the return route, keep the payload unchanged."""
-        onward = msg[1]
-        if not onward or onward[0] not in self.addresses:
-            raise RouteError(f"{self.address} is not the next hop of {str(onward)!r}")
-        self.node._send_local(
-            _new_tuple(
-                TransportMessage, (msg[0], onward.pop_front(), msg[2].prepend(onward[0]), msg[3])
-            )
-        )
-
-    def request(
-        self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
-    ) -> Routed:
-        """Send ``body`` from a temporary address and wait for the reply to it.
-
-        The temporary address is removed whether a reply came or not.
-
-        Raises:
-            ReceiveTimeout: no reply within ``timeout`` seconds (``None`` waits forever).
-        """
-        temp = self.node._open_context(None, self.codec, message_type)
-        try:
-            temp.send(route, body)
-            return temp.receive(timeout)
-        finally:
-            self.node._close_context(temp)
-
-    # -- receiving --------------------------------------------------------------------------
-
-    def receive(self, timeout: Optional[float] = None, message_type: Any = None) -> Routed:
-        """The next message in this context's mailbox, its body decoded as ``message_type``
-        (default: the context's); waits up to ``timeout`` seconds (``None``: forever).
-
-        Raises:
-            ReceiveTimeout: nothing arrived in time.
-            NodeStopped: the context was closed while waiting.
-            RemoteProtocolError: the payload is not a valid ``message_type``; the message is
-                dropped (counted as ``bad_payload``).
-        """
-        items = self._queue._items
-        if items:  # the common case under load: no waiting, no call into the mailbox
-            msg = items.popleft()
-        else:
-            try:
-                msg = self._queue.get(timeout)
-            except ReceiveTimeout:
-                raise ReceiveTimeout(
-                    f"no message for {self.address} within {timeout} seconds"
-                ) from None
-        if msg is _STOP:
-            self._queue.put(_STOP)  # keep waking every other receiver too
-            raise NodeStopped(f"{self.address} was stopped")
-        if self._paused and len(items) <= self._low_water:
-            self._resume_sources()
-        decode = self._decode if message_type is None else self.codec.decoder(message_type)
-        try:
-            body = decode(msg[3])
-        except RemoteProtocolError as exc:
-            self.node._drop("bad_payload", msg, exc)
-            raise
-        return _new_tuple(Routed, msg + (msg[1][0], body))
-
-    def receive_nowait(self, message_type: Any = None) -> Routed:
-        """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
-        if not self._queue._items:
-            raise ReceiveTimeout(f"no message waiting for {self.address}")
-        return self.receive(None, message_type)
-
-    def _resume_sources(self) -> None:
-        paused, self._paused = self._paused, set()
-        for source in paused:
-            source.resume()
-
-    # -- workers ----------------------------------------------------------------------------
-
-    def start_worker(self, address: Any, worker: Worker) -> Address:
-        """Shorthand for ``ctx.node.start_worker``."""
-        return self.node.start_worker(address, worker)
-
-    def stop_worker(self, address: AddressLike, timeout: float = 5.0) -> None:
-        """Shorthand for ``ctx.node.stop_worker``."""
-        self.node.stop_worker(address, timeout)
 
 
 class Node:
@@ -373,6 +71,9 @@ class Node:
     Attributes:
         mailbox_size: class default, 4096 messages.
         stop_timeout: default seconds :meth:`stop` gives workers to finish (5).
+        codec: the default payload codec.
+        hub: the gevent hub the node runs in.
+        endpoints: the local endpoints by address value (read-only; see :meth:`start_endpoint`).
     """
 
     mailbox_size = 4096
@@ -384,28 +85,32 @@ class Node:
             if mailbox_size < 1:
                 raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
             self.mailbox_size = mailbox_size
+        self.hub = get_hub()
         self._state = _RUNNING
         self._contexts: Dict[str, Context] = {}  # local address value -> its context
-        self._workers: Dict[Context, Worker] = {}
+        self._endpoints: Dict[str, Endpoint] = {}  # local address value -> its endpoint
+        self._workers: Dict[Context, Tuple[Worker, Greenlet]] = {}
         self._worker_greenlets: Dict[Any, Context] = {}
         self._transports: Dict[int, Transport] = {}
-        self._ready: Deque[Tuple[Source, Optional[List[TransportMessage]]]] = deque()
-        self._router_idle = False
-        self._hub = get_hub()
-        self._routed = 0
+        self._routed = 0  # messages dispatched for local senders
         self._handler_errors = 0
         self._dropped: Dict[str, int] = {}
-        self._app = self._open_context("app", self.codec, str)
-        self._router = Greenlet.spawn(self._route_incoming)
+        self._app = self.open_context("app")
+        self._router = Router(self, self._contexts, self._endpoints, self._transports)
 
     def __repr__(self) -> str:
         return f"<Node {self._state}, {len(self._workers)} workers>"
 
-    def __enter__(self) -> "Node":
+    def __enter__(self) -> Node:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+    @property
+    def loop(self) -> Any:
+        """The gevent event loop of the node's hub."""
+        return self.hub.loop
 
     # -- the app context --------------------------------------------------------------------
 
@@ -437,6 +142,84 @@ class Node:
         """See :meth:`Context.request`."""
         return self._app.request(route, body, timeout, message_type)
 
+    # -- contexts and their addresses -------------------------------------------------------
+
+    def open_context(
+        self,
+        address: Union[AddressLike, Iterable[AddressLike], None] = None,
+        *,
+        codec: Union[str, Codec, None] = None,
+        message_type: Any = str,
+    ) -> Context:
+        """A new context at ``address`` (one address, several, or ``None`` for a random
+        32-hex one) that the application sends and receives with; close it with
+        :meth:`Context.close` (or use it as a context manager).
+
+        Raises:
+            AddressInUse: an address already has a worker, context or endpoint.
+            AddressError: an address is not local (type 0).
+            NodeStopped: the node is stopped.
+        """
+        addresses = self._claim(address)
+        codec = self.codec if codec is None else get_codec(codec)
+        ctx = Context(self, addresses, codec, message_type)
+        for addr in addresses:
+            self._contexts[addr[1]] = ctx
+        return ctx
+
+    def release_addresses(self, ctx: Context) -> None:
+        """Remove ``ctx``'s addresses from the node (called by :meth:`Context.close`)."""
+        for addr in ctx.addresses:
+            if self._contexts.get(addr[1]) is ctx:
+                del self._contexts[addr[1]]
+
+    def _claim(self, address: Union[AddressLike, Iterable[AddressLike], None]) -> List[Address]:
+        """The local addresses for a new context or endpoint, checked free."""
+        if self._state == _STOPPED:
+            raise NodeStopped("the node is stopped")
+        if address is None:
+            addresses = [Address(LOCAL, random_address())]
+        elif isinstance(address, (str, Address)):
+            addresses = [Address.parse(address)]
+        else:
+            addresses = [Address.parse(a) for a in address]
+            if not addresses:
+                raise AddressError("a worker needs at least one address")
+        for addr in addresses:
+            if addr[0] != LOCAL:
+                raise AddressError(f"a worker address must be local (type 0), got {addr}")
+            if addr[1] in self._contexts or addr[1] in self._endpoints:
+                raise AddressInUse(f"address {addr} is already in use")
+        return addresses
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> Dict[str, Endpoint]:
+        """The endpoints by local address value (a copy)."""
+        return dict(self._endpoints)
+
+    def start_endpoint(self, address: Optional[AddressLike], endpoint: Endpoint) -> Address:
+        """Register ``endpoint`` at ``address`` (``None``: a random one); the router hands it
+        every message addressed there (see :class:`~greenockam.transport.base.Endpoint`).
+
+        Raises:
+            AddressInUse: the address already has a worker, context or endpoint.
+        """
+        (addr,) = self._claim(address)
+        self._endpoints[addr[1]] = endpoint
+        return addr
+
+    def stop_endpoint(self, address: AddressLike) -> None:
+        """Remove the endpoint at ``address``; messages to it are unknown from now on.
+
+        Raises:
+            UnknownAddress: no endpoint there.
+        """
+        addr = Address.parse(address)
+        if addr[0] != LOCAL or self._endpoints.pop(addr[1], None) is None:
+            raise UnknownAddress(f"no endpoint at {addr}")
+
     # -- workers ----------------------------------------------------------------------------
 
     def start_worker(
@@ -452,10 +235,9 @@ class Node:
         if not isinstance(worker, Worker):
             raise TypeError(f"start_worker needs a Worker, got {type(worker).__name__}")
         codec = get_codec(worker.codec) if worker.codec is not None else self.codec
-        ctx = self._open_context(address, codec, worker.message_type)
-        started = AsyncResult()
-        ctx._greenlet = Greenlet.spawn(self._run_worker, ctx, worker, started)
-        self._workers[ctx] = worker
+        ctx = self.open_context(address, codec=codec, message_type=worker.message_type)
+        started: AsyncResult = AsyncResult()
+        self._workers[ctx] = (worker, Greenlet.spawn(self._run_worker, ctx, worker, started))
         started.get()
         return ctx.address
 
@@ -469,26 +251,28 @@ class Node:
         """
         addr = Address.parse(address)
         ctx = self._contexts.get(addr[1]) if addr[0] == LOCAL else None
-        if ctx is None or ctx not in self._workers:
+        entry = self._workers.get(ctx) if ctx is not None else None
+        if ctx is None or entry is None:
             raise UnknownAddress(f"no worker at {addr}")
-        self._signal_stop(ctx)
-        greenlet = ctx._greenlet
-        if greenlet is not None and greenlet is not getcurrent():
+        ctx.interrupt()
+        greenlet = entry[1]
+        if greenlet is not getcurrent():
             greenlet.join(timeout)
             if not greenlet.dead:
                 logger.warning("worker {} did not stop within {}s; killing it", addr, timeout)
                 greenlet.kill()
 
-    def _signal_stop(self, ctx: Context) -> None:
-        ctx._stopping = True
-        ctx._queue.put(_STOP)
+    def current_context(self) -> Optional[Context]:
+        """The context of the worker whose greenlet is running, if any (transports use it for
+        flow control: see :meth:`Context.wait_unless_full`)."""
+        return self._worker_greenlets.get(getcurrent())
 
     def _run_worker(self, ctx: Context, worker: Worker, started: AsyncResult) -> None:
         try:
             worker.initialize(ctx)
         except Exception as exc:
             self._workers.pop(ctx, None)
-            self._close_context(ctx)
+            ctx.close()
             logger.opt(exception=exc).error("worker {} failed to initialize", ctx.address)
             started.set_exception(
                 WorkerInitError(f"worker {ctx.address} failed to initialize: {exc!r}")
@@ -499,7 +283,7 @@ class Node:
         handle = worker.handle_message
         receive = ctx.receive
         try:
-            while not ctx._stopping:
+            while not ctx.stopping:
                 try:
                     msg = receive()
                 except RemoteProtocolError:
@@ -507,7 +291,7 @@ class Node:
                 try:
                     handle(ctx, msg)
                 except Exception as exc:
-                    if isinstance(exc, NodeStopped) and ctx._stopping:
+                    if isinstance(exc, NodeStopped) and ctx.stopping:
                         continue  # woken by this worker's own stop: the loop ends here
                     self._handler_errors += 1
                     logger.opt(exception=True).error(
@@ -520,46 +304,11 @@ class Node:
         finally:
             self._worker_greenlets.pop(getcurrent(), None)
             self._workers.pop(ctx, None)
-            self._close_context(ctx)
+            ctx.close()
             try:
                 worker.shutdown(ctx)
             except Exception:
                 logger.opt(exception=True).error("worker {} failed in shutdown", ctx.address)
-
-    # -- contexts and their addresses -------------------------------------------------------
-
-    def _open_context(self, address: Any, codec: Codec, message_type: Any) -> Context:
-        if self._state == _STOPPED:
-            raise NodeStopped("the node is stopped")
-        if address is None:
-            addresses = [Address(LOCAL, random_address())]
-        elif isinstance(address, (str, Address)):
-            addresses = [Address.parse(address)]
-        else:
-            addresses = [Address.parse(a) for a in address]
-            if not addresses:
-                raise AddressError("a worker needs at least one address")
-        for addr in addresses:
-            if addr[0] != LOCAL:
-                raise AddressError(f"a worker address must be local (type 0), got {addr}")
-            if addr[1] in self._contexts:
-                raise AddressInUse(f"address {addr} is already in use")
-        ctx = Context(self, addresses, codec, message_type)
-        for addr in addresses:
-            self._contexts[addr[1]] = ctx
-        return ctx
-
-    def _close_context(self, ctx: Context) -> None:
-        for addr in ctx.addresses:
-            if self._contexts.get(addr[1]) is ctx:
-                del self._contexts[addr[1]]
-        items = ctx._queue._items
-        while items:
-            item = items.popleft()
-            if item is not _STOP:
-                self._drop("stopped", item, None)
-        ctx._queue.put(_STOP)  # wakes anyone still waiting in receive()
-        ctx._resume_sources()
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -571,8 +320,16 @@ class Node:
             raise ValueError(f"a transport for address type {address_type} is registered")
         self._transports[address_type] = transport
 
-    def _send_local(self, msg: TransportMessage) -> None:
-        """Dispatch from a local sender: any failure raises to it."""
+    def dispatch(self, msg: TransportMessage) -> None:
+        """Route ``msg`` for a local sender, in the calling greenlet: any failure raises to it.
+
+        Raises:
+            RouteError: the onward route is empty.
+            UnknownAddress: no local worker, endpoint or transport for the next hop.
+            MailboxFull: the local destination's mailbox is full.
+            NodeStopped: the node is stopped.
+            GreenockamError: whatever the transport or endpoint raised.
+        """
         if self._state == _STOPPED:
             raise NodeStopped("the node is stopped")
         onward = msg[1]
@@ -581,12 +338,18 @@ class Node:
         kind, value = onward[0]
         if kind == LOCAL:
             ctx = self._contexts.get(value)
-            if ctx is None:
-                raise UnknownAddress(f"no worker at {onward[0]}")
-            if len(ctx._queue) >= self.mailbox_size:
-                self._count_drop("mailbox_full")
-                raise MailboxFull(f"the mailbox of {onward[0]} holds {self.mailbox_size} messages")
-            ctx._queue.put(msg)
+            if ctx is not None:
+                if len(ctx.mailbox) >= self.mailbox_size:
+                    self.count_drop("mailbox_full")
+                    raise MailboxFull(
+                        f"the mailbox of {onward[0]} holds {self.mailbox_size} messages"
+                    )
+                ctx.mailbox.put(msg)
+            else:
+                endpoint = self._endpoints.get(value)
+                if endpoint is None:
+                    raise UnknownAddress(f"no worker at {onward[0]}")
+                endpoint.handle(msg, None)
         else:
             transport = self._transports.get(kind)
             if transport is None:
@@ -594,18 +357,34 @@ class Node:
             transport.send(msg, None)
         self._routed += 1
 
-    def _outlet(self, route: Route, return_route: Route) -> Optional[Callable[[bytes], bool]]:
-        """The fast path of the transport for ``route``'s first hop, if it offers one."""
-        outlet = getattr(self._transports.get(route[0][0]), "outlet", None)
-        return outlet(route, return_route) if outlet is not None else None
+    def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
+        """The fast path of the transport for ``route``'s first hop, if it offers one (see
+        :data:`~greenockam.transport.base.Outlet`)."""
+        transport = self._transports.get(route[0][0])
+        return transport.outlet(route, return_route) if transport is not None else None
+
+    def on_close(self, address: AddressLike, callback: Callable[[], None]) -> Optional[Cancel]:
+        """Call ``callback`` once, from the hub, when the connection that ``address`` names
+        closes: a transport address (``1#host:port``) or a local endpoint that stands for a
+        connection (a connection's mark, the first hop of a return route). Returns a function
+        that cancels the watch, or None when there is no such open connection."""
+        addr = Address.parse(address)
+        if addr[0] == LOCAL:
+            endpoint = self._endpoints.get(addr[1])
+            return endpoint.on_close(callback) if endpoint is not None else None
+        transport = self._transports.get(addr[0])
+        return transport.on_close(addr, callback) if transport is not None else None
+
+    def count_routed(self) -> None:
+        """Count a message a transport's outlet carried for a local sender."""
+        self._routed += 1
 
     def readable(self, source: Source) -> None:
         """Tell the router greenlet that ``source`` has input (for transports; call it once per
         readiness, typically as an I/O watcher's callback in the hub, which switches straight
         into the router)."""
         if self._state == _RUNNING:
-            self._ready.append((source, None))
-            self._wake_router()
+            self._router.readable(source)
 
     def deliver(self, messages: List[TransportMessage], source: Source) -> None:
         """Hand messages that arrived from ``source`` to the router greenlet (for transports that
@@ -615,107 +394,18 @@ class Node:
         """
         if self._state != _RUNNING:
             for msg in messages:
-                self._drop("stopped", msg, source)
+                self.drop("stopped", msg, source)
             return
-        self._ready.append((source, messages))
-        self._wake_router()
+        self._router.deliver(messages, source)
 
-    def _wake_router(self) -> None:
-        """Called with the node running, after queueing input for the router."""
-        if self._router_idle:
-            self._router_idle = False
-            if getcurrent() is self._hub:
-                self._router.switch()  # from an I/O callback: straight into the router
-            else:
-                self._hub.loop.run_callback(self._resume_router)
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` messages dropped for ``reason`` (see :meth:`statistics`)."""
+        self._dropped[reason] = self._dropped.get(reason, 0) + n
 
-    def _resume_router(self) -> None:
-        if self._state == _RUNNING:  # once stop() has begun, what waits is dropped, not routed
-            self._router.switch()
-
-    def _route_incoming(self) -> None:
-        """The router greenlet: read what is ready, dispatch it; never raises, never blocks.
-
-        A worker waiting for a message it delivered is woken by a switch straight from here when
-        the batch is done (the last one; any others through hub callbacks), so a message costs one
-        switch into its worker rather than two through the hub. The router is idle while that
-        worker runs and resumes when the next input switches back to it.
-        """
-        contexts = self._contexts
-        transports = self._transports
-        ready = self._ready
-        hub = self._hub
-        run_callback = hub.loop.run_callback
-        mailbox_size = self.mailbox_size
-        wake: List[Waiter] = []  # receivers to wake once the batch is dispatched
-        while True:
-            while ready:
-                source, messages = ready.popleft()
-                if messages is None:
-                    try:
-                        messages = source.read()
-                    except Exception:  # a transport bug must not take the router down
-                        logger.opt(exception=True).error("reading from {} failed", source.peer)
-                        continue
-                # A connection's frames mostly share one onward route object (the decoder
-                # reuses it): resolve it to a context once per run of them.
-                last_onward = last_ctx = None
-                for msg in messages:
-                    onward = msg[1]
-                    if onward is last_onward:
-                        ctx = last_ctx
-                    else:
-                        last_onward = None  # until this route resolves to a local context
-                        if not onward:
-                            self._drop("empty_route", msg, source)
-                            continue
-                        kind, value = onward[0]
-                        if kind != LOCAL:
-                            transport = transports.get(kind)
-                            if transport is None:
-                                self._drop("unknown_transport", msg, source)
-                                continue
-                            transport.send(msg, source)
-                            self._routed += 1
-                            continue
-                        ctx = contexts.get(value)
-                        if ctx is None:
-                            self._drop("unknown_address", msg, source)
-                            continue
-                        last_onward, last_ctx = onward, ctx
-                    queue = ctx._queue
-                    items = queue._items
-                    items.append(msg)  # Mailbox.put, inlined, waking by switch (above)
-                    if queue._waiters:
-                        wake.append(queue._waiters.popleft())
-                    if len(items) > mailbox_size and source not in ctx._paused:
-                        ctx._paused.add(source)
-                        source.pause()
-                        if ctx._blocked_on is not None:  # its worker waits to send: see
-                            ctx._blocked_on.set()  # TcpTransport.send (it could deadlock)
-                    self._routed += 1
-            self._router_idle = True
-            if wake:
-                last = wake.pop()
-                for waiter in wake:
-                    run_callback(waiter.switch, None)
-                wake.clear()
-                # The waiter's greenlet is parked in Waiter.get (hub.switch): nothing ran since
-                # its waiter left the mailbox, so this cannot wake it anywhere else.
-                last.greenlet.switch(None)
-            else:
-                hub.switch()  # until readable() or _wake_router switches back
-
-    def _sender_context(self) -> Optional[Context]:
-        """The worker context whose greenlet is running, if any (for transports' flow control)."""
-        return self._worker_greenlets.get(getcurrent())
-
-    def _count_drop(self, reason: str) -> None:
-        self._dropped[reason] = self._dropped.get(reason, 0) + 1
-
-    def _drop(self, reason: str, msg: TransportMessage, cause: Any) -> None:
-        """Count and log a message that cannot be delivered (never raises)."""
-        self._count_drop(reason)
+    def drop(self, reason: str, msg: TransportMessage, cause: Any) -> None:
+        """Count and log a message that cannot be delivered (never raises). ``cause``: the
+        source it came from, an exception, or None."""
+        self.count_drop(reason)
         origin = getattr(cause, "peer", None)
         logger.warning(
             "dropped a message ({}): onward {!r}, return {!r}, {} payload bytes{}",
@@ -745,22 +435,12 @@ class Node:
             return
         self._state = _STOPPING
         timeout = self.stop_timeout if timeout is None else timeout
-        self._router.kill()
-        while self._ready:
-            source, messages = self._ready.popleft()
-            for msg in messages or ():
-                self._drop("stopped", msg, source)
+        self._router.stop()
         current = getcurrent()
-        workers = [
-            ctx._greenlet
-            for ctx in list(self._workers)
-            if ctx._greenlet is not None and ctx._greenlet is not current
-        ]
-        for ctx in list(self._workers):
-            self._signal_stop(ctx)
-        for ctx in set(self._contexts.values()).difference(self._workers):
-            ctx._queue.put(_STOP)  # app and requests' temporary contexts: a handler in a request
-        gevent.joinall(workers, timeout)  # ends now instead of holding its worker till timeout
+        workers = [g for _, g in self._workers.values() if g is not current]
+        for ctx in set(self._contexts.values()):
+            ctx.interrupt()  # a handler waiting in a request ends now, not at the timeout
+        gevent.joinall(workers, timeout)
         stuck = [g for g in workers if not g.dead]
         if stuck:
             logger.warning("{} workers did not stop within {}s; killing them", len(stuck), timeout)
@@ -769,24 +449,28 @@ class Node:
             transport.stop(timeout)
         self._state = _STOPPED
         for ctx in list(self._contexts.values()):
-            self._close_context(ctx)
+            ctx.close()
+        self._endpoints.clear()
         logger.debug("node stopped: {}", self.statistics())
 
     # -- statistics -------------------------------------------------------------------------
 
     def statistics(self) -> Dict[str, Any]:
-        """Plain numbers: ``workers``, ``messages_routed``, ``handler_errors``, ``dropped`` (by
-        reason), ``router_queue`` (readable connections and batches waiting for the router) and
+        """Plain numbers: ``state``, ``workers``, ``contexts`` (open contexts, workers' included),
+        ``endpoints``, ``messages_routed``, ``handler_errors``, ``dropped`` (by reason),
+        ``router_queue`` (readable connections and batches waiting for the router) and
         ``mailbox_depths`` (primary address -> messages waiting, for every context with any)."""
         contexts = set(self._contexts.values())
         return {
             "state": self._state,
             "workers": len(self._workers),
-            "messages_routed": self._routed,
+            "contexts": len(contexts),
+            "endpoints": len(self._endpoints),
+            "messages_routed": self._routed + self._router.routed,
             "handler_errors": self._handler_errors,
             "dropped": dict(self._dropped),
-            "router_queue": len(self._ready),
+            "router_queue": len(self._router),
             "mailbox_depths": {
-                str(ctx.address): len(ctx._queue) for ctx in contexts if len(ctx._queue)
+                str(ctx.address): len(ctx.mailbox) for ctx in contexts if len(ctx.mailbox)
             },
         }

@@ -1,23 +1,18 @@
 """Generic fixtures shared by the test modules (keep this file small and library-agnostic)."""
 
-import gc
-
 import gevent
 import pytest
+from helpers import live_greenlets
 
 from greenockam import Node
-
-
-def _live_greenlets():
-    return {o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead}
 
 
 @pytest.fixture(autouse=True)
 def no_greenlet_outlives_the_test():
     """Fail a test that leaves behind a gevent Greenlet it (or the code it ran) started."""
-    before = _live_greenlets()
+    before = live_greenlets()
     yield
-    leaked = _live_greenlets() - before
+    leaked = live_greenlets() - before
     if leaked:  # a greenlet that was killed or is returning gets a bounded moment to finish
         gevent.joinall(list(leaked), timeout=1.0)
         leaked = {g for g in leaked if not g.dead}

@@ -2,7 +2,10 @@
 independent of greenockam, that the tests compare greenockam's bytes with (it is checked against
 the Rust vectors in test_tcp.py), and socket helpers for raw test peers."""
 
+import gc
 import struct
+
+import gevent
 
 WAIT = 10.0  # seconds: the default bound on a single socket wait
 
@@ -85,3 +88,11 @@ def assert_closed_by_peer(sock, timeout=WAIT):
     except ConnectionResetError:
         return
     assert data == b"", "expected the connection to be closed, got %r" % data
+
+
+# --- greenlets ----------------------------------------------------------------------------------
+
+
+def live_greenlets():
+    """Every gevent Greenlet alive now (the node's router and workers among them)."""
+    return {o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead}

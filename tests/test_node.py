@@ -38,6 +38,8 @@ from greenockam import (
 )
 from greenockam.address import Route
 
+from helpers import live_greenlets
+
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 5.0  # upper bound for anything that should happen "at once"
@@ -115,9 +117,11 @@ class Blocker(Worker):
         self.expected = expected
         self.bodies = []
         self.shutdowns = 0
+        self.greenlet = None  # the worker's greenlet, once its first message entered
 
     def handle_message(self, ctx, msg):
         if not self.entered.is_set():
+            self.greenlet = getcurrent()
             self.entered.set()
             self.gate.wait(self.gate_timeout)
         self.bodies.append(msg.body)
@@ -172,6 +176,12 @@ class RecordingTransport:
         self.sent.append((message, source))
         self.got.set()
 
+    def outlet(self, route, return_route):
+        return None
+
+    def on_close(self, address, callback):
+        return None
+
     def stop(self, timeout):
         self.stops.append(timeout)
 
@@ -203,7 +213,8 @@ def log_records():
 
 def test_a_new_node_runs_a_router_greenlet_and_has_the_app_context(node):
     assert node.running
-    assert isinstance(node._router, gevent.Greenlet) and not node._router.dead
+    node.deliver([network_message(["app"], "through the router")], RecordingSource())
+    assert node.receive(timeout=WAIT).body == "through the router"
     assert node.address == Address(0, "app")
     assert node.context.address == node.address
     assert node.statistics()["workers"] == 0
@@ -286,7 +297,6 @@ def test_network_messages_with_nowhere_to_go_are_dropped_and_counted_and_the_nod
 
     dropped = node.statistics()["dropped"]
     assert dropped == {"unknown_address": 2, "unknown_transport": 1, "empty_route": 1}
-    assert not node._router.dead
     assert node.request(["echoer"], "still working", timeout=WAIT).body == "still working"
 
 
@@ -321,7 +331,7 @@ def test_worker_hooks_run_in_order_in_the_workers_own_greenlet(node):
     assert len(contexts) == 1 and contexts.pop().address == address
     assert len(greenlets) == 1
     worker_greenlet = greenlets.pop()
-    assert worker_greenlet is not getcurrent() and worker_greenlet is not node._router
+    assert worker_greenlet is not getcurrent()
 
 
 def test_messages_to_one_worker_are_handled_one_at_a_time_in_arrival_order(node):
@@ -420,7 +430,6 @@ def test_stop_worker_runs_shutdown_and_every_address_of_it_becomes_unknown(node)
 def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(node):
     blocker = Blocker(gate_timeout=None)
     node.start_worker("stuck", blocker)
-    greenlet = next(iter(node._workers))._greenlet
     node.send(["stuck"], "x")
     wait(blocker.entered, "the handler to block")
 
@@ -429,7 +438,7 @@ def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(
     elapsed = time.monotonic() - started
 
     assert 0.15 <= elapsed < 2.0
-    assert greenlet.dead
+    assert blocker.greenlet.dead
     assert blocker.shutdowns == 1
     assert node.statistics()["workers"] == 0
 
@@ -590,7 +599,7 @@ def test_receive_can_decode_with_another_message_type(node):
 
 def test_request_returns_the_reply_and_removes_its_temporary_address(node):
     node.start_worker("echoer", Echo())
-    contexts_before = len(node._contexts)
+    contexts_before = node.statistics()["contexts"]
     routed_before = node.statistics()["messages_routed"]
 
     reply = node.request(["echoer"], "ping", timeout=WAIT)
@@ -599,7 +608,7 @@ def test_request_returns_the_reply_and_removes_its_temporary_address(node):
     assert reply.return_route == route("echoer")
     temp = reply.onward_route[0]
     assert re.fullmatch(r"[0-9a-f]{32}", temp.value)  # sent from a temporary address...
-    assert len(node._contexts) == contexts_before  # ...which is gone again
+    assert node.statistics()["contexts"] == contexts_before  # ...which is gone again
     with pytest.raises(UnknownAddress):
         node.send([temp], "late")
     assert node.statistics()["messages_routed"] == routed_before + 2
@@ -607,7 +616,7 @@ def test_request_returns_the_reply_and_removes_its_temporary_address(node):
 
 def test_request_to_a_worker_that_never_answers_times_out_and_removes_its_temporary_address(node):
     node.start_worker("silent", Silent())
-    contexts_before = len(node._contexts)
+    contexts_before = node.statistics()["contexts"]
 
     started = time.monotonic()
     with pytest.raises(ReceiveTimeout):
@@ -615,7 +624,7 @@ def test_request_to_a_worker_that_never_answers_times_out_and_removes_its_tempor
     elapsed = time.monotonic() - started
 
     assert 0.19 <= elapsed < 1.0
-    assert len(node._contexts) == contexts_before
+    assert node.statistics()["contexts"] == contexts_before
     assert node.statistics()["mailbox_depths"] == {}
 
 
@@ -853,6 +862,7 @@ def test_two_workers_flooding_each_other_do_not_deadlock_the_node():
                     self.refused += 1
                     self.flooding.set()
 
+    before = live_greenlets()
     node = Node(mailbox_size=10)
     try:
         ping, pong = Flooder("pong"), Flooder("ping")
@@ -874,7 +884,7 @@ def test_two_workers_flooding_each_other_do_not_deadlock_the_node():
         node.stop(timeout=WAIT)
         elapsed = time.monotonic() - started
     assert elapsed < WAIT
-    assert node._router.dead
+    assert not live_greenlets() - before  # the router and both workers ended
 
 
 # --- lifecycle ------------------------------------------------------------------------------------
@@ -897,12 +907,13 @@ def test_ten_thousand_workers_start_and_stop_cleanly():
             Counted.shutdowns += 1
 
     started = time.monotonic()
+    before = live_greenlets()
     node = Node()
     try:
         for i in range(10_000):
             node.start_worker(f"w{i}", Counted())
         assert node.statistics()["workers"] == 10_000
-        greenlets = [ctx._greenlet for ctx in node._workers]
+        assert len(live_greenlets() - before) == 10_001  # the workers and the router
         for i in range(10_000):
             node.send([f"w{i}"], "hi")
         wait(Counted.all_handled, "every worker to handle its message", timeout=30)
@@ -912,8 +923,7 @@ def test_ten_thousand_workers_start_and_stop_cleanly():
 
     assert elapsed < 60
     assert Counted.inits == Counted.handled == Counted.shutdowns == 10_000
-    assert all(g.dead for g in greenlets)
-    assert node._router.dead
+    assert not live_greenlets() - before
     assert node.statistics()["workers"] == 0
 
 
@@ -932,6 +942,7 @@ def test_stop_runs_every_shutdown_and_ends_the_router_and_every_worker_greenlet(
         def shutdown(self, ctx):
             self.shutdowns += 1
 
+    before = live_greenlets()
     node = Node()
     idle = [Hooks() for _ in range(5)]
     for i, hooks in enumerate(idle):
@@ -940,17 +951,14 @@ def test_stop_runs_every_shutdown_and_ends_the_router_and_every_worker_greenlet(
     node.start_worker("waiting", waiting)
     node.send(["waiting"], "first")
     wait(waiting.waiting, "the handler to wait in receive")
-    greenlets = [ctx._greenlet for ctx in node._workers]
-    assert len(greenlets) == 6 and not any(g.dead for g in greenlets)
-    router = node._router
+    assert len(live_greenlets() - before) == 7  # six workers and the router
 
     started = time.monotonic()
     node.stop(timeout=WAIT)
     elapsed = time.monotonic() - started
 
     assert elapsed < 1.0  # nobody had to be killed: a handler in receive() is woken by stop
-    assert router.dead
-    assert all(g.dead for g in greenlets)
+    assert not live_greenlets() - before
     assert all(hooks.shut_down.is_set() for hooks in idle)
     assert waiting.shutdowns == 1
     assert not node.running
@@ -969,12 +977,13 @@ def test_stop_is_idempotent(node):
 
 def test_the_context_manager_stops_the_node_also_on_error():
     hooks = Hooks()
+    before = live_greenlets()
     with pytest.raises(KeyError):
         with Node() as node:
             node.start_worker("w", hooks)
             raise KeyError("inside")
     assert not node.running
-    assert node._router.dead
+    assert not live_greenlets() - before
     assert hooks.shut_down.is_set()
 
 
@@ -1157,12 +1166,12 @@ def test_deliver_after_stop_drops_and_counts_without_ever_blocking_the_transport
 
 
 def test_stop_kills_a_handler_that_never_returns_after_the_timeout_and_still_runs_shutdown():
+    before = live_greenlets()
     node = Node()
     stuck = Blocker(gate_timeout=None)
     node.start_worker("stuck", stuck)
     hooks = Hooks()
     node.start_worker("fine", hooks)
-    greenlets = [ctx._greenlet for ctx in node._workers]
     node.send(["stuck"], "x")
     wait(stuck.entered, "the handler to block")
 
@@ -1171,10 +1180,9 @@ def test_stop_kills_a_handler_that_never_returns_after_the_timeout_and_still_run
     elapsed = time.monotonic() - started
 
     assert 0.25 <= elapsed < 2.0
-    assert all(g.dead for g in greenlets)
+    assert not live_greenlets() - before
     assert stuck.shutdowns == 1
     assert hooks.shut_down.is_set()
-    assert node._router.dead
 
 
 # --- statistics and logging -----------------------------------------------------------------------

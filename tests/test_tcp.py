@@ -580,14 +580,16 @@ def test_a_malformed_frame_closes_only_its_connection_and_logs_the_peer(net, war
 
 
 def test_a_forwarded_message_to_an_unreachable_hop_is_logged_and_dropped(net, warnings_log):
-    _, tcp, address = net.node(listen=True, echo=True)
+    node, tcp, address = net.node(listen=True, echo=True)
     unreachable = net.refused_address()
     peer = net.connect(address)
 
     peer.sendall(ref_frame(["1#" + unreachable, "0#echo_service"], ["0#app"], bare_str(HELLO)))
 
     warnings_log.wait_for(unreachable)
-    wait_until(lambda: tcp.statistics().get("messages_dropped") == 1, "the drop is counted")
+    wait_until(
+        lambda: node.statistics()["dropped"].get("connect_failed") == 1, "the drop is counted"
+    )
     assert tcp.statistics()["connect_failures"] == 1
     assert unreachable not in tcp.connections
     # The node keeps serving, on the same connection.

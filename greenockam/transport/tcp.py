@@ -21,9 +21,10 @@ objects driven by gevent watchers; nothing is monkey-patched.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 import gevent
 import gevent.socket
@@ -35,7 +36,7 @@ from loguru import logger
 
 from ..address import TCP, Address, Route
 from ..errors import ConnectFailed, ConnectionLost, NodeStopped, OutputFull, RemoteProtocolError
-from ..node import Context, Node, Source
+from .base import Cancel, Held, Outlet, Source
 from ..wire import (
     VERSION,
     FrameDecoder,
@@ -45,9 +46,14 @@ from ..wire import (
     frame_with_routes,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..context import Context
+    from ..node import Node
+
 __all__ = ["TcpTransport", "Connection", "parse_host_port", "format_peer"]
 
 _CONNECTING, _OPEN, _CLOSED = 0, 1, 2
+_watch_keys = itertools.count()
 
 
 def parse_host_port(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
@@ -94,7 +100,8 @@ class Connection:
         "_write_watcher",
         "_read_watcher",
         "_drained",
-        "_paused_sources",
+        "_held",
+        "_watchers",
         "_paused",
         "_decoder",
         "_last_read",
@@ -116,7 +123,8 @@ class Connection:
         self._write_watcher: Any = None  # made when the kernel buffer first fills
         self._read_watcher: Any = None
         self._drained: Optional[Event] = None
-        self._paused_sources: Set[Source] = set()
+        self._held = Held()  # sources paused because their forwarded frames filled our output
+        self._watchers: Dict[int, Callable[[], None]] = {}  # on_close callbacks
         self._paused = False
         self._decoder = FrameDecoder(Address(TCP, peer))
         self._last_read = 0.0
@@ -211,7 +219,7 @@ class Connection:
         if sent == len(data):
             out.clear()
             self._out_bytes = 0
-            if self._drained is not None or self._paused_sources:
+            if self._drained is not None or self._held:
                 self._on_drained()
         else:
             # The kernel buffer is full: keep the rest and wait until the socket is writable.
@@ -228,9 +236,7 @@ class Connection:
     def _on_drained(self) -> None:
         if self._drained is not None:
             self._drained.set()
-        paused, self._paused_sources = self._paused_sources, set()
-        for source in paused:
-            source.resume()
+        self._held.release()
 
     def wait_drained(self, high_water: int, ctx: Optional[Context] = None) -> None:
         """Block the calling greenlet while more than ``high_water`` bytes wait to go out.
@@ -239,20 +245,22 @@ class Connection:
         it while it waits, and the peer may be waiting for it (see :class:`OutputFull`).
         """
         while self._out_bytes > high_water and self._state == _OPEN:
-            if ctx is not None and ctx._paused:
-                return
             if self._drained is None:
                 self._drained = Event()
             self._drained.clear()
-            if ctx is not None:
-                ctx._blocked_on = self._drained
-            try:
+            if ctx is None:
                 self._drained.wait()
-            finally:
-                if ctx is not None:
-                    ctx._blocked_on = None
+            elif not ctx.wait_unless_full(self._drained):
+                return
         if self._state == _CLOSED:
             raise ConnectionLost(f"connection to {self.peer} closed: {self._error or 'closed'}")
+
+    def on_close(self, callback: Callable[[], None]) -> Cancel:
+        """Call ``callback`` once, from the hub, when this connection closes; returns the
+        function that cancels that."""
+        key = next(_watch_keys)
+        self._watchers[key] = callback
+        return partial(self._watchers.pop, key, None)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -314,6 +322,10 @@ class Connection:
             if event is not None:
                 event.set()
         self._on_drained()
+        watchers = list(self._watchers.values())
+        self._watchers.clear()
+        for callback in watchers:
+            self._loop.run_callback(callback)
         if was_open:
             logger.info("connection {} closed ({})", self.peer, reason or "closed")
 
@@ -436,7 +448,7 @@ class TcpTransport:
         except (OSError, ValueError) as exc:
             self._count("connect_failures")
             if conn._out:
-                self._count_dropped(len(conn._out))
+                self.node.count_drop("connect_failed", len(conn._out))
             logger.warning("cannot connect to {}: {}", conn.peer, exc)
             conn.close(exc)
             return
@@ -472,30 +484,29 @@ class TcpTransport:
                 conn.wait_ready(self.connect_timeout + 1)
             ctx = None
             if conn._out_bytes > self.high_water:
-                ctx = self.node._sender_context()
-                if ctx is not None and ctx._paused:
+                ctx = self.node.current_context()
+                if ctx is not None and ctx.mailbox_full:
                     raise OutputFull(
                         f"{conn._out_bytes} bytes wait to go to {peer} and the mailbox of "
                         f"{ctx.address} is full: waiting could deadlock, message refused"
                     )
             conn.write(frame)
             if conn._out_bytes > self.high_water:
-                conn.wait_drained(self.high_water, ctx or self.node._sender_context())
+                conn.wait_drained(self.high_water, ctx or self.node.current_context())
             return
         try:
             frame = encode_frame(message, pop_first=True)
             if conn is None:
                 conn = self._open(peer)
         except Exception as exc:  # a body too big to forward, or the transport is stopped
-            self._count_dropped(1)
+            self.node.count_drop("unsendable")
             logger.warning("cannot forward a message from {} to {}: {}", source.peer, peer, exc)
             return
         conn.write(frame)
-        if conn._out_bytes > self.high_water and source not in conn._paused_sources:
-            conn._paused_sources.add(source)
-            source.pause()
+        if conn._out_bytes > self.high_water:
+            conn._held.hold(source)
 
-    def outlet(self, route: Route, return_route: Route) -> Optional[Callable[[bytes], bool]]:
+    def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
         """A fast path for a local sender's next messages along ``route`` (its first hop is
         ours) with ``return_route``: a callable that takes an encoded payload, writes it and
         returns True, or returns False when the full :meth:`send` is needed (see
@@ -505,6 +516,15 @@ class TcpTransport:
         if conn is None or conn._state != _OPEN:
             return None
         return partial(conn.write_message, encode_route(route[1:]) + encode_route(return_route))
+
+    def on_close(self, address: Address, callback: Callable[[], None]) -> Optional[Cancel]:
+        """Call ``callback`` (from the hub) when the connection keyed ``address``'s value
+        closes; None if it is not open or opening. See
+        :meth:`greenockam.transport.base.Transport.on_close`."""
+        conn = self._connections.get(address[1])
+        if conn is None or conn._state == _CLOSED:
+            return None
+        return conn.on_close(callback)
 
     def _close_idle(self) -> None:
         """Timer callback, in the hub: close connections that received nothing for too long."""
@@ -523,9 +543,6 @@ class TcpTransport:
     def _count(self, what: str, n: int = 1) -> None:
         self._counters[what] = self._counters.get(what, 0) + n
 
-    def _count_dropped(self, n: int) -> None:
-        self._count("messages_dropped", n)
-
     @property
     def connections(self) -> Dict[str, Connection]:
         """Open and opening connections by key (a copy)."""
@@ -534,7 +551,9 @@ class TcpTransport:
     def statistics(self) -> Dict[str, Any]:
         """Plain numbers: ``connections`` open now, ``listeners``, and counters
         (``connections_accepted``, ``connections_opened``, ``connect_failures``,
-        ``connections_refused``, ``malformed_frames``, ``messages_dropped``)."""
+        ``connections_refused``, ``malformed_frames``). Messages this transport could not carry
+        are counted with the node's (``Node.statistics()["dropped"]``: ``connect_failed``,
+        ``unsendable``)."""
         stats: Dict[str, Any] = {
             "connections": len(self._connections),
             "listeners": len(self._servers),

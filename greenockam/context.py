@@ -1,0 +1,334 @@
+"""The Context: a set of local addresses with one mailbox, the handle through which a worker or
+the application sends and receives.
+
+Sending (docs/protocol.md, rules 1 and 2): a message is dispatched in the sender's own greenlet
+(:meth:`Node.dispatch`), so a bad destination raises right there. After one send along a route,
+the next ones with the same return route take the transport's *outlet* for it (the connection and
+the encoded routes) unless it declines.
+
+Receiving: the mailbox holds ``mailbox_size`` messages; what the network delivers past that bound
+holds its connection (:class:`~greenockam.transport.base.Held`) until a receiver has drained the
+mailbox to half (docs/protocol.md, "Flow control").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Type, Union
+
+from gevent.event import Event
+
+from .address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
+from .codecs import Codec
+from .errors import (
+    AddressError,
+    ConnectionLost,
+    GreenockamError,
+    NodeStopped,
+    ReceiveTimeout,
+    RemoteProtocolError,
+    RouteError,
+)
+from .mailbox import Mailbox
+from .message import Routed
+from .transport.base import Cancel, Held, Outlet, Source
+from .wire import VERSION, TransportMessage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .node import Node
+    from .worker import Worker
+
+__all__ = ["Context"]
+
+_new_tuple = tuple.__new__  # builds a TransportMessage or Routed without a Python-level call
+_OUTLETS_PER_CONTEXT = 1024  # route pairs whose transport fast path a context remembers
+
+
+class _Signal:
+    """Not a message: tells the receivers of a mailbox that something ended."""
+
+    __slots__ = ("error", "text", "repeat")
+
+    def __init__(self, error: Type[GreenockamError], text: str, repeat: bool) -> None:
+        self.error = error
+        self.text = text
+        self.repeat = repeat  # stays for every later receiver (a close), or is taken once
+
+
+_STOPPED = _Signal(NodeStopped, "{} was stopped", repeat=True)
+
+
+class Context:
+    """A set of local addresses with one mailbox: given to a worker's handlers, or opened by the
+    application (:meth:`Node.open_context`; the node's own ``app`` context; the temporary
+    context of a request). Use it as a context manager to close it.
+
+    Attributes:
+        node: the node this context belongs to.
+        address: the primary address (the first one); messages sent from here carry it as their
+            return route.
+        addresses: every address of this context.
+        codec: the payload codec of its sends and receives.
+        message_type: how received payloads are decoded by default.
+        mailbox: its :class:`~greenockam.mailbox.Mailbox` (the node's router fills it).
+    """
+
+    __slots__ = (
+        "node",
+        "address",
+        "addresses",
+        "codec",
+        "message_type",
+        "mailbox",
+        "_decode",
+        "_return_route",
+        "_outlets",
+        "_held",
+        "_low_water",
+        "_stopping",
+        "_send_wait",
+    )
+
+    def __init__(
+        self, node: Node, addresses: List[Address], codec: Codec, message_type: Any
+    ) -> None:
+        self.node = node
+        self.address = addresses[0]
+        self.addresses = tuple(addresses)
+        self.codec = codec
+        self.message_type = message_type
+        self.mailbox = Mailbox(node.loop)
+        self._decode = codec.decoder(message_type)
+        self._return_route = Route([self.address])
+        # Transports' fast paths: by onward route for this context's own return route, by
+        # (onward, return) for a chosen one (see _send).
+        self._outlets: Dict[Any, Outlet] = {}
+        self._held = Held()  # connections paused because they filled this mailbox
+        self._low_water = node.mailbox_size // 2
+        self._stopping = False
+        self._send_wait: Optional[Event] = None  # what a send of this worker waits on
+
+    def __repr__(self) -> str:
+        return f"<Context {self.address}>"
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, route: RouteLike, body: Any) -> None:
+        """Send ``body`` (encoded with this context's codec) along ``route``.
+
+        The return route is this context's address (docs/protocol.md, rule 1).
+
+        Raises:
+            UnknownAddress: no local worker or transport for the next hop.
+            MailboxFull: the local destination's mailbox is full.
+            ConnectFailed: a new TCP connection to the next hop could not be opened.
+            LocalProtocolError: ``body`` cannot be encoded, or the message is too big.
+            NodeStopped: the node was stopped.
+        """
+        self._send(as_route(route), self.codec.encode(body), self._return_route)
+
+    def send_payload(self, route: RouteLike, payload: bytes) -> None:
+        """Like :meth:`send`, with ``payload`` already encoded."""
+        self._send(as_route(route), bytes(payload), self._return_route)
+
+    def send_from_address(self, route: RouteLike, body: Any, sending_address: AddressLike) -> None:
+        """Like :meth:`send`, with the return route ``[sending_address]``, which must be one of
+        this context's addresses (Ockam's ``send_from_address``).
+
+        Raises:
+            AddressError: ``sending_address`` is not this context's.
+        """
+        address = Address.parse(sending_address)
+        if address not in self.addresses:
+            raise AddressError(f"{address} is not an address of {self.address}")
+        ret = self._return_route if address == self.address else Route([address])
+        self._send(as_route(route), self.codec.encode(body), ret)
+
+    def send_message(self, message: TransportMessage) -> None:
+        """Dispatch ``message`` as it is, with the return route it carries (a secure channel
+        re-routes what it decrypted this way). Raises as :meth:`send`."""
+        self.node.dispatch(message)
+
+    def reply(self, msg: Routed, body: Any) -> None:
+        """Send ``body`` back along ``msg``'s return route."""
+        self._send(msg[2], self.codec.encode(body), self._return_route)
+
+    def _send(self, route: Route, payload: bytes, ret: Route) -> None:
+        key: Any = route if ret is self._return_route else (route, ret)
+        outlet = self._outlets.get(key)
+        if outlet is not None and outlet(payload):  # the transport's fast path took it
+            self.node.count_routed()
+            return
+        self.node.dispatch(_new_tuple(TransportMessage, (VERSION, route, ret, payload)))
+        if route[0][0] != LOCAL:  # sent: the next message along this route may take a fast path
+            outlet = self.node.outlet(route, ret)
+            if outlet is not None:
+                if len(self._outlets) >= _OUTLETS_PER_CONTEXT:
+                    self._outlets.clear()
+                self._outlets[key] = outlet
+
+    def forward(self, msg: Routed) -> None:
+        """Pass ``msg`` on as a middleware hop (docs/protocol.md, rule 5): pop this hop from the
+        onward route, prepend it to the return route, keep the payload unchanged."""
+        onward = msg[1]
+        if not onward or onward[0] not in self.addresses:
+            raise RouteError(f"{self.address} is not the next hop of {str(onward)!r}")
+        self.node.dispatch(
+            _new_tuple(
+                TransportMessage, (msg[0], onward.pop_front(), msg[2].prepend(onward[0]), msg[3])
+            )
+        )
+
+    def request(
+        self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
+    ) -> Routed:
+        """Send ``body`` from a temporary address and wait for the reply to it.
+
+        The temporary address is removed whether a reply came or not.
+
+        Raises:
+            ReceiveTimeout: no reply within ``timeout`` seconds (``None`` waits forever).
+            ConnectionLost: the connection the request went out on closed before the reply
+                came (the reply can no longer arrive).
+        """
+        route = as_route(route)
+        with self.node.open_context(None, codec=self.codec, message_type=message_type) as temp:
+            temp.send(route, body)
+            cancel = temp._expect_reply_over(route[0])
+            try:
+                return temp.receive(timeout)
+            finally:
+                if cancel is not None:
+                    cancel()
+
+    def _expect_reply_over(self, hop: Address) -> Optional[Cancel]:
+        """Fail this context's next receive with :class:`ConnectionLost` if the connection the
+        reply must come back on closes first."""
+        if hop[0] == LOCAL and hop[1] not in self.node.endpoints:
+            return None  # a local worker: no connection involved
+
+        def lost() -> None:
+            text = f"the connection to {hop} closed before the reply to {{}} came"
+            self.mailbox.put(_Signal(ConnectionLost, text, repeat=False))
+
+        cancel = self.node.on_close(hop, lost)
+        if cancel is None:
+            lost()
+        return cancel
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive(self, timeout: Optional[float] = None, message_type: Any = None) -> Routed:
+        """The next message in this context's mailbox, its body decoded as ``message_type``
+        (default: the context's); waits up to ``timeout`` seconds (``None``: forever).
+
+        Raises:
+            ReceiveTimeout: nothing arrived in time.
+            NodeStopped: the context was closed while waiting.
+            RemoteProtocolError: the payload is not a valid ``message_type``; the message is
+                dropped (counted as ``bad_payload``).
+        """
+        mailbox = self.mailbox
+        items = mailbox.items
+        if items:  # the common case under load: no waiting, no call into the mailbox
+            msg = items.popleft()
+        else:
+            try:
+                msg = mailbox.get(timeout)
+            except ReceiveTimeout:
+                raise ReceiveTimeout(
+                    f"no message for {self.address} within {timeout} seconds"
+                ) from None
+        if type(msg) is _Signal:
+            if msg.repeat:
+                mailbox.put(msg)  # keep waking every other receiver too
+            raise msg.error(msg.text.format(self.address))
+        if self._held and len(items) <= self._low_water:
+            self._held.release()
+        decode = self._decode if message_type is None else self.codec.decoder(message_type)
+        try:
+            body = decode(msg[3])
+        except RemoteProtocolError as exc:
+            self.node.drop("bad_payload", msg, exc)
+            raise
+        return _new_tuple(Routed, msg + (msg[1][0], body))
+
+    def receive_nowait(self, message_type: Any = None) -> Routed:
+        """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
+        if not self.mailbox.items:
+            raise ReceiveTimeout(f"no message waiting for {self.address}")
+        return self.receive(None, message_type)
+
+    # -- flow control (for the router and transports) ---------------------------------------
+
+    def hold(self, source: Source) -> None:
+        """The router calls this when a message from ``source`` took the mailbox past
+        ``mailbox_size``: pause ``source`` until the mailbox drains to half, and end a wait of
+        this worker's own send (:meth:`wait_unless_full`)."""
+        if self._held.hold(source) and self._send_wait is not None:
+            self._send_wait.set()
+
+    @property
+    def mailbox_full(self) -> bool:
+        """True while the mailbox is past its bound (connections feeding it are held)."""
+        return bool(self._held)
+
+    def wait_unless_full(self, event: Event) -> bool:
+        """Wait for ``event`` (a transport's "output drained"), but return False at once, or as
+        soon as, this context's mailbox is past its bound: a worker that waits to send is not
+        draining its mailbox, and its peer may be waiting for it (see
+        :class:`~greenockam.errors.OutputFull`). True when ``event`` was set."""
+        if self._held:
+            return False
+        self._send_wait = event
+        try:
+            event.wait()
+        finally:
+            self._send_wait = None
+        return not self._held
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`interrupt` or :meth:`close` was called."""
+        return self._stopping
+
+    def interrupt(self) -> None:
+        """Make every receive (waiting now or later) raise :class:`NodeStopped`; the messages
+        already in the mailbox stay until :meth:`close`."""
+        self._stopping = True
+        self.mailbox.put(_STOPPED)
+
+    def close(self) -> None:
+        """Give up this context's addresses; drop what waits in its mailbox (counted as
+        ``stopped``); wake its receivers with :class:`NodeStopped`; resume what it held.
+        Idempotent. A worker's context is closed by the node when the worker stops."""
+        self.node.release_addresses(self)
+        self._stopping = True
+        items = self.mailbox.items
+        while items:
+            item = items.popleft()
+            if type(item) is not _Signal:
+                self.node.drop("stopped", item, None)
+        self.mailbox.put(_STOPPED)
+        self._held.release()
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def start_worker(
+        self, address: Union[AddressLike, Iterable[AddressLike], None], worker: Worker
+    ) -> Address:
+        """Shorthand for ``ctx.node.start_worker``."""
+        return self.node.start_worker(address, worker)
+
+    def stop_worker(self, address: AddressLike, timeout: float = 5.0) -> None:
+        """Shorthand for ``ctx.node.stop_worker``."""
+        self.node.stop_worker(address, timeout)
+
+

@@ -1,0 +1,184 @@
+"""The router greenlet: reads what the network delivered and dispatches it by address.
+
+A transport tells the router that a connection is readable (:meth:`Router.readable`, from an I/O
+callback in the hub, which switches straight into the router). The router reads it
+(non-blocking), decodes it and dispatches each message by the first address of its onward route
+(docs/protocol.md, rule 2): a local address to a context's mailbox or an endpoint, any other
+type to its transport. It never raises and never blocks: what cannot be delivered is logged,
+counted (:meth:`Node.drop`) and dropped. One greenlet serves every connection.
+
+The hot-path choices kept here, each measured with ``scripts/bench.py`` (README, "Performance"):
+
+* The worker woken last in a batch is switched into straight from the router (the others through
+  hub callbacks), so a network message costs one switch into its worker instead of two through
+  the hub.
+* A run of messages with the same onward route object (a connection's decoder reuses it) is
+  resolved to its context once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
+
+from gevent import Greenlet, getcurrent
+from gevent.hub import Waiter
+from loguru import logger
+
+from .address import LOCAL
+from .transport.base import Endpoint, Source, Transport
+from .wire import TransportMessage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import Context
+    from .node import Node
+
+__all__ = ["Router"]
+
+_Batch = Tuple[Source, Optional[List[TransportMessage]]]
+
+
+class Router:
+    """The node's router greenlet and the queue of input waiting for it.
+
+    It shares the node's tables (local contexts, endpoints, transports by address type), which
+    the node alone changes.
+    """
+
+    __slots__ = (
+        "node",
+        "routed",
+        "_contexts",
+        "_endpoints",
+        "_transports",
+        "_ready",
+        "_idle",
+        "_hub",
+        "_greenlet",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        contexts: Dict[str, Context],
+        endpoints: Dict[str, Endpoint],
+        transports: Dict[int, Transport],
+    ) -> None:
+        self.node = node
+        self.routed = 0  # messages dispatched from the network
+        self._contexts = contexts
+        self._endpoints = endpoints
+        self._transports = transports
+        self._ready: Deque[_Batch] = deque()
+        self._idle = False
+        self._hub = node.hub
+        self._greenlet = Greenlet.spawn(self._run)
+
+    def __len__(self) -> int:
+        """Readable connections and batches waiting for the router."""
+        return len(self._ready)
+
+    def readable(self, source: Source) -> None:
+        """Queue ``source`` to be read (the node checks that it is running)."""
+        self._ready.append((source, None))
+        self._wake()
+
+    def deliver(self, messages: List[TransportMessage], source: Source) -> None:
+        """Queue messages that ``source`` decoded itself."""
+        self._ready.append((source, messages))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._idle:
+            self._idle = False
+            if getcurrent() is self._hub:
+                self._greenlet.switch()  # from an I/O callback: straight into the router
+            else:
+                self._hub.loop.run_callback(self._resume)
+
+    def _resume(self) -> None:
+        if self.node.running:  # once stop() has begun, what waits is dropped, not routed
+            self._greenlet.switch()
+
+    def stop(self) -> None:
+        """End the greenlet; drop (and count) what still waits for it."""
+        self._greenlet.kill()
+        while self._ready:
+            source, messages = self._ready.popleft()
+            for msg in messages or ():
+                self.node.drop("stopped", msg, source)
+
+    def _run(self) -> None:
+        """Read what is ready, dispatch it; never raises, never blocks."""
+        contexts = self._contexts
+        transports = self._transports
+        ready = self._ready
+        hub = self._hub
+        run_callback = hub.loop.run_callback
+        mailbox_size = self.node.mailbox_size
+        drop = self.node.drop
+        wake: List[Waiter] = []  # receivers to wake once the batch is dispatched
+        while True:
+            while ready:
+                source, messages = ready.popleft()
+                if messages is None:
+                    try:
+                        messages = source.read()
+                    except Exception:  # a transport bug must not take the router down
+                        logger.opt(exception=True).error("reading from {} failed", source.peer)
+                        continue
+                last_onward: Any = None
+                last_ctx: Any = None
+                for msg in messages:
+                    onward = msg[1]
+                    if onward is last_onward:
+                        ctx = last_ctx
+                    else:
+                        last_onward = None  # until this route resolves to a local context
+                        if not onward:
+                            drop("empty_route", msg, source)
+                            continue
+                        kind, value = onward[0]
+                        if kind != LOCAL:
+                            transport = transports.get(kind)
+                            if transport is None:
+                                drop("unknown_transport", msg, source)
+                                continue
+                            transport.send(msg, source)
+                            self.routed += 1
+                            continue
+                        ctx = contexts.get(value)
+                        if ctx is None:
+                            self._to_endpoint(msg, source)
+                            continue
+                        last_onward, last_ctx = onward, ctx
+                    mailbox = ctx.mailbox
+                    waiter = mailbox.push(msg)
+                    if waiter is not None:
+                        wake.append(waiter)
+                    if len(mailbox) > mailbox_size:
+                        ctx.hold(source)
+                    self.routed += 1
+            self._idle = True
+            if wake:
+                last = wake.pop()
+                for waiter in wake:
+                    run_callback(waiter.switch, None)
+                wake.clear()
+                # The waiter's greenlet is parked in Waiter.get (hub.switch): nothing ran since
+                # its waiter left the mailbox, so this cannot wake it anywhere else.
+                last.greenlet.switch(None)
+            else:
+                hub.switch()  # until readable() or _wake switches back
+
+    def _to_endpoint(self, msg: TransportMessage, source: Source) -> None:
+        endpoint = self._endpoints.get(msg[1][0][1])
+        if endpoint is None:
+            self.node.drop("unknown_address", msg, source)
+            return
+        try:
+            endpoint.handle(msg, source)
+        except Exception:  # an endpoint bug must not take the router down
+            logger.opt(exception=True).error("endpoint {} failed", msg[1][0])
+            self.node.count_drop("endpoint_error")
+        self.routed += 1

@@ -1,0 +1,120 @@
+"""The seams between a node and what carries its messages: sources, transports, outlets,
+endpoints and flow control.
+
+A node dispatches every message by the first address of its onward route (docs/protocol.md,
+rule 2): a local address goes to a context's mailbox or to an :class:`Endpoint`, any other type
+to the :class:`Transport` registered for it. Input from the network arrives through a
+:class:`Source` that tells the node it is readable (:meth:`greenockam.Node.readable`).
+
+Flow control (docs/protocol.md, "Flow control") is the same in both directions: whatever a
+source feeds past its bound *holds* that source (:meth:`Source.pause`) until it drains, and a
+:class:`Held` set resumes everything it held at once. A context holds the sources that filled its
+mailbox; a TCP connection holds the sources whose forwarded frames filled its output.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Protocol, Set
+
+from ..address import Address, Route
+from ..wire import TransportMessage
+
+__all__ = ["Source", "Transport", "Outlet", "Endpoint", "Held", "Cancel"]
+
+Outlet = Callable[[bytes], bool]
+"""A transport's fast path for one local sender along one pair of routes: takes an encoded
+payload and returns True once it is queued, or False (doing nothing) when the full
+:meth:`Transport.send` path is needed (a closed connection, a full output)."""
+
+Cancel = Callable[[], None]
+"""Undoes a registration, such as a close watch; calling it twice is harmless."""
+
+
+class Source(Protocol):
+    """Where network messages come from: a connection that can be read, paused and resumed."""
+
+    peer: str
+
+    def read(self) -> List[TransportMessage]:
+        """Read what is available without blocking and return the messages it completes.
+
+        Called by the router greenlet after :meth:`Node.readable`; handles its own errors
+        (a broken or malformed connection closes itself and returns what it decoded before).
+        """
+
+    def pause(self) -> None:
+        """Stop reading until :meth:`resume` (flow control)."""
+
+    def resume(self) -> None:
+        """Read again."""
+
+
+class Transport(Protocol):
+    """What a node needs from a transport registered for an address type
+    (:meth:`Node.register_transport`)."""
+
+    def send(self, message: TransportMessage, source: Optional[Source]) -> None:
+        """Carry ``message`` whose next hop has this transport's type.
+
+        ``source is None`` for a local sender: may block (connect, a full write buffer) and raises
+        on failure. Otherwise the message is being forwarded from ``source``: must not block or
+        raise; a failure is logged and counted (:meth:`Node.drop`).
+        """
+
+    def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
+        """A fast path for a local sender's next messages along ``route`` with
+        ``return_route``, or None. Asked after a send along ``route`` succeeded."""
+
+    def on_close(self, address: Address, callback: Callable[[], None]) -> Optional[Cancel]:
+        """Call ``callback`` once (in the hub, so it must not block) when the connection that
+        ``address`` names closes. Returns a function that cancels the watch, or None when no
+        such connection is open (the caller treats that as closed already)."""
+
+    def stop(self, timeout: float) -> None:
+        """Close every connection and end every greenlet the transport started."""
+
+
+class Endpoint:
+    """A local address that is not a mailbox: the router hands it each message addressed to it,
+    in the router greenlet, without a greenlet switch (a forwarder, a connection's mark).
+
+    Register one with :meth:`Node.start_endpoint`; remove it with :meth:`Node.stop_endpoint`.
+    """
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        """Take ``message`` (its onward route still starts with this endpoint's address).
+
+        ``source`` is the connection it came from, or None for a local sender. With a source
+        this runs in the router greenlet: it must not block or raise (log and count with
+        :meth:`Node.drop` instead). From a local sender it runs in the sender's greenlet and may
+        raise :class:`~greenockam.errors.GreenockamError` to it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must override handle")
+
+    def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
+        """Watch the connection behind this endpoint, if it stands for one (see
+        :meth:`Transport.on_close`); the default: None, nothing to watch."""
+        return None
+
+
+class Held(Set[Source]):
+    """Sources held back because something they feed is past its bound; :meth:`release` resumes
+    them all together. Each source is paused once however often it overflows. (A set, so that
+    "is anything held?" costs no Python call on the per-message path.)"""
+
+    __slots__ = ()
+
+    def hold(self, source: Source) -> bool:
+        """Pause ``source`` unless it is held already; True if it was paused now."""
+        if source in self:
+            return False
+        self.add(source)
+        source.pause()
+        return True
+
+    def release(self) -> None:
+        """Resume every held source."""
+        sources = list(self)
+        self.clear()
+        for source in sources:
+            source.resume()
