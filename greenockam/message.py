@@ -25,7 +25,7 @@ class Routed(tuple):
     version = property(itemgetter(0), doc="The version byte of the TransportMessage.")
     onward_route = property(
         itemgetter(1),
-        doc="The onward route; the receiving worker is still at its front (PROTOCOL.md rule 2).",
+        doc="The onward route; the receiving worker is at its front (docs/protocol.md rule 2).",
     )
     return_route = property(itemgetter(2), doc="The route back to the sender.")
     payload = property(itemgetter(3), doc="The raw payload bytes.")

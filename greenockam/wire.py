@@ -1,4 +1,4 @@
-"""The sans-I/O codec of the Ockam routing protocol v1 (PROTOCOL.md sections 1-3).
+"""The sans-I/O codec of the Ockam routing protocol v1 (docs/protocol.md sections 1-3).
 
 Pure functions and a decoder object: nothing here touches a socket, a greenlet or a clock.
 
@@ -246,7 +246,7 @@ def encode_frame(msg: TransportMessage, pop_first: bool = False) -> bytes:
 
     Args:
         pop_first: leave out the first hop of the onward route, as a transport does when it
-            sends to that hop (PROTOCOL.md rule 3), without building the shorter route.
+            sends to that hop (docs/protocol.md rule 3), without building the shorter route.
 
     Raises:
         LocalProtocolError: the body would exceed 65535 bytes (nothing is written).
@@ -307,7 +307,7 @@ class FrameDecoder:
 
     Args:
         return_prefix: an address to prepend to every decoded return route. A TCP connection
-            passes ``1#<peer>`` (PROTOCOL.md rule 4).
+            passes ``1#<peer>`` (docs/protocol.md rule 4).
 
     If a body is malformed, ``feed`` raises :class:`RemoteProtocolError` with the messages of the
     same chunk that came before it in ``error.messages``, and the decoder refuses further input:

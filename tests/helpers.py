@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: a reference encoder written from PROTOCOL.md alone,
+"""Helpers shared by the test modules: a reference encoder written from docs/protocol.md alone,
 independent of greenockam, that the tests compare greenockam's bytes with (it is checked against
 the Rust vectors in test_tcp.py), and socket helpers for raw test peers."""
 

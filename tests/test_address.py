@@ -1,6 +1,6 @@
 """Addresses and routes: text forms, immutability, and the route operations routing relies on.
 
-PROTOCOL.md section 3: an address is (type, value); ``"T#value"`` is its text form and text without
+docs/protocol.md section 3: an address is (type, value), written ``"T#value"``; text without
 ``#`` is type 0. A route is an ordered list of addresses, index 0 the next hop.
 """
 
@@ -270,7 +270,7 @@ def test_prepend_and_append_reject_invalid_address_text():
 
 
 def test_middleware_hop_pops_itself_and_prepends_to_the_return_route():
-    # PROTOCOL.md rule 5 on plain routes: the docstring example of Route.
+    # docs/protocol.md rule 5 on plain routes: the docstring example of Route.
     onward = Route(["middle", "1#127.0.0.1:4000", "echoer"])
     ret = Route(["app"])
     assert onward.pop_front() == Route(["1#127.0.0.1:4000", "echoer"])

@@ -1,4 +1,4 @@
-"""Payload codecs: BARE (the default) and bincode (the seed-era crates), PROTOCOL.md section 5."""
+"""Payload codecs (docs/protocol.md section 5): BARE (the default) and bincode (seed-era crates)."""
 
 import struct
 
@@ -19,7 +19,7 @@ def _ref_length(codec, n):
     return ref_uint(n) if codec is BARE else struct.pack("<Q", n)
 
 
-# --- encodings from PROTOCOL.md section 5 -------------------------------------------------------
+# --- encodings from docs/protocol.md section 5 --------------------------------------------------
 
 ENCODINGS = [
     # (id, value, bare hex, bincode hex)

@@ -1,4 +1,4 @@
-"""The TCP transport (PROTOCOL.md sections 1, 3 and 4) with real sockets and real greenlets.
+"""The TCP transport (docs/protocol.md sections 1, 3 and 4) with real sockets and real greenlets.
 
 Every greenockam node here runs in this process on 127.0.0.1 with port 0. The "raw peers" that
 check the exact bytes on the wire are written with ``gevent.socket`` (so they yield to the nodes

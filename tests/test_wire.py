@@ -1,4 +1,4 @@
-"""The wire codec (PROTOCOL.md sections 1-3): frames, BARE bodies, and the streaming decoder.
+"""The wire codec (docs/protocol.md sections 1-3): frames, BARE bodies, and the streaming decoder.
 
 The table tests are driven by tests/vectors.json, whose hex was checked against real 2021 Rust
 Ockam nodes. The property tests compare greenockam against a small reference encoder written here

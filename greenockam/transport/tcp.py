@@ -1,6 +1,6 @@
 """The TCP transport (address type 1): a StreamServer listener and a connector pool.
 
-The only module of greenockam that touches sockets. It follows PROTOCOL.md sections 1 and 4:
+The only module of greenockam that touches sockets. It follows docs/protocol.md sections 1 and 4:
 
 * Sending: the ``1#host:port`` hop is popped from the onward route and the frame is written on the
   connection keyed by that exact string, opened on demand and reused afterwards. A context that
