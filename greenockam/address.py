@@ -9,11 +9,21 @@ Both are ``tuple`` subclasses: hashable, cheap to build on the hot path, and usa
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Iterable, Union
 
 from .errors import AddressError, RouteError
 
-__all__ = ["Address", "Route", "AddressLike", "RouteLike", "as_route", "LOCAL", "TCP"]
+__all__ = [
+    "Address",
+    "Route",
+    "AddressLike",
+    "RouteLike",
+    "as_route",
+    "random_address",
+    "LOCAL",
+    "TCP",
+]
 
 LOCAL = 0
 TCP = 1
@@ -182,3 +192,8 @@ def as_route(route: RouteLike) -> Route:
             _parsed_routes.clear()
         _parsed_routes[key] = parsed
     return parsed
+
+
+def random_address() -> str:
+    """32 random hex characters (128 bits from the OS), as Ockam's random addresses."""
+    return os.urandom(16).hex()

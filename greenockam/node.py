@@ -15,7 +15,6 @@ flow control) are in :mod:`greenockam.transport.base`.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import gevent
@@ -23,7 +22,7 @@ from gevent import Greenlet, GreenletExit, get_hub, getcurrent
 from gevent.event import AsyncResult
 from loguru import logger
 
-from .address import LOCAL, Address, AddressLike, Route, RouteLike
+from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
 from .codecs import Codec, get_codec
 from .context import Context
 from .errors import (
@@ -42,14 +41,9 @@ from .transport.base import Cancel, Endpoint, Outlet, Source, Transport
 from .wire import TransportMessage
 from .worker import Worker
 
-__all__ = ["Node", "random_address"]
+__all__ = ["Node"]
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
-
-
-def random_address() -> str:
-    """32 hex characters, as Ockam's random addresses."""
-    return os.urandom(16).hex()
 
 
 class Node:

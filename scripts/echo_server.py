@@ -2,7 +2,12 @@
 """Echo server, as Ockam's node-networking example: a worker ``echo_service`` answers every
 message with its body, over TCP on HOST:PORT (default 127.0.0.1:10222).
 
-    python scripts/echo_server.py [HOST:PORT] [--codec bare|bincode] [--log-level LEVEL]
+    python scripts/echo_server.py [HOST:PORT] [--connect HOST:PORT ...]
+                                  [--codec bare|bincode] [--log-level LEVEL]
+
+A message that arrives for another ``1#host:port`` is forwarded only over a connection that is
+open (docs/protocol.md, section 7): ``--connect`` opens one at start, as the middle node of
+Ockam's get started example 08 does, so this server can be the middle hop of a route.
 
 Runs until SIGINT or SIGTERM, then finishes the messages in hand, closes its connections and
 exits 0.
@@ -17,7 +22,7 @@ from gevent.event import Event
 from loguru import logger
 
 from _cli import add_common_options, start_logging
-from greenockam import Node, Worker
+from greenockam import ConnectFailed, Node, Worker
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
 
@@ -36,13 +41,22 @@ class Responder(Worker):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="greenockam echo server")
     parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="HOST:PORT to bind")
+    parser.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="open a connection to HOST:PORT at start, so that messages can be forwarded to it "
+        "(repeatable)",
+    )
     add_common_options(parser)
     args = parser.parse_args(argv)
-    try:
-        parse_host_port(args.address)
-    except ValueError:
-        print("Usage: echo_server.py <ip>:<port>", file=sys.stderr)
-        return 1
+    for text in [args.address, *args.connect]:
+        try:
+            parse_host_port(text)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
 
     start_logging(args.log_level)
 
@@ -52,12 +66,18 @@ def main(argv=None) -> int:
 
     node = Node(codec=args.codec)
     try:
-        bound = TcpTransport(node).listen(args.address)
+        tcp = TcpTransport(node)
+        for peer in args.connect:
+            tcp.connect(peer)
+        bound = tcp.listen(args.address)
         node.start_worker("echo_service", Responder(logger.level(args.log_level).no <= 20))
         # A line the caller can wait for (the bound port matters when asked for port 0).
         print(f"echo_service listening on {bound}", flush=True)
         stop.wait()
         logger.info("stopping")
+    except ConnectFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot listen on {args.address}: {exc}", file=sys.stderr)
         return 1

@@ -225,7 +225,9 @@ def test_the_server_answers_the_captured_rust_request_with_the_captured_rust_rep
 
 
 def test_a_route_through_two_servers_is_forwarded_by_the_first_and_answered_by_the_second(tmp_path):
-    with echo_server(tmp_path, log_level="INFO") as a, echo_server(tmp_path, log_level="INFO") as b:
+    with echo_server(tmp_path, log_level="INFO") as b, echo_server(
+        tmp_path, "--connect", b.address, log_level="INFO"
+    ) as a:
         route = "1#%s => 1#%s => echo_service" % (a.address, b.address)
         result = run_client("--route", route)
         assert result.returncode == 0, result.stderr
@@ -238,6 +240,19 @@ def test_a_route_through_two_servers_is_forwarded_by_the_first_and_answered_by_t
     assert "connected to %s" % b.address in a_log
     assert "Responder" not in a_log
     assert "Responder: " + HELLO in b_log
+
+
+def test_a_server_not_told_to_connect_does_not_dial_for_a_forwarded_message(tmp_path):
+    with echo_server(tmp_path) as b, echo_server(tmp_path) as a:
+        route = "1#%s => 1#%s => echo_service" % (a.address, b.address)
+        result = run_client("--route", route, "--timeout", "1")
+        assert result.returncode == 1
+        a_code, a_log = a.stop()
+        b_code, b_log = b.stop()
+    assert (a_code, b_code) == (0, 0)
+    assert "dropped a message (no_connection)" in a_log
+    assert "connected to" not in a_log
+    assert "accepted a connection" not in b_log
 
 
 def test_the_server_replies_over_the_connection_it_accepted(tmp_path):

@@ -291,7 +291,7 @@ def test_the_receiving_node_prepends_the_peer_as_seen_on_the_socket_and_replies_
 
 def test_a_message_crosses_three_nodes_and_the_reply_retraces_the_path(net):
     a, a_tcp, _ = net.node()
-    b, b_tcp, b_address = net.node(listen=True)
+    b, b_tcp, b_address = net.node(listen=True, dial_for_forward=True)
     c, c_tcp, c_address = net.node(listen=True)
     seen = Queue()
     c.start_worker("echoer", Echo(seen))
@@ -326,7 +326,7 @@ def test_a_message_crosses_three_nodes_and_the_reply_retraces_the_path(net):
 def test_an_intermediate_node_only_pops_its_hop_and_prepends_the_previous_one_byte_for_byte(net):
     # raw A -> node B -> raw C and back, each link checked against the multihop vectors with the
     # real addresses put in place of the ports of the trace.
-    _, b_tcp, b_address = net.node(listen=True)
+    _, b_tcp, b_address = net.node(listen=True, dial_for_forward=True)
     c_listener, c_address = net.listener()
     a = net.connect(b_address)
     a_as_b_sees = peer_name(a.getsockname())
@@ -580,7 +580,7 @@ def test_a_malformed_frame_closes_only_its_connection_and_logs_the_peer(net, war
 
 
 def test_a_forwarded_message_to_an_unreachable_hop_is_logged_and_dropped(net, warnings_log):
-    node, tcp, address = net.node(listen=True, echo=True)
+    node, tcp, address = net.node(listen=True, echo=True, dial_for_forward=True)
     unreachable = net.refused_address()
     peer = net.connect(address)
 
@@ -618,7 +618,7 @@ def test_stop_closes_the_listener_every_connection_and_ends_every_greenlet_it_st
     node.start_worker("echo_service", Echo())
     before = live_greenlets()
 
-    tcp = TcpTransport(node)
+    tcp = TcpTransport(node, dial_for_forward=True)
     address = tcp.listen("127.0.0.1:0")
     clients = [net.connect(address) for _ in range(3)]
     for raw in clients:

@@ -24,7 +24,19 @@ from __future__ import annotations
 import itertools
 import socket
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 import gevent
 import gevent.socket
@@ -34,9 +46,15 @@ from gevent.pool import Group
 from gevent.server import StreamServer
 from loguru import logger
 
-from ..address import TCP, Address, Route
-from ..errors import ConnectFailed, ConnectionLost, NodeStopped, OutputFull, RemoteProtocolError
-from .base import Cancel, Held, Outlet, Source
+from ..address import LOCAL, TCP, Address, Route, random_address
+from ..errors import (
+    ConnectFailed,
+    ConnectionLost,
+    LocalProtocolError,
+    NodeStopped,
+    OutputFull,
+    RemoteProtocolError,
+)
 from ..wire import (
     VERSION,
     FrameDecoder,
@@ -45,6 +63,7 @@ from ..wire import (
     encode_route,
     frame_with_routes,
 )
+from .base import Cancel, Endpoint, Held, Outlet, Source
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..context import Context
@@ -82,11 +101,15 @@ class Connection:
     Attributes:
         peer: the key of this connection (``host:port`` as asked, or the peer as seen).
         accepted: True if the remote side connected to us.
+        mark: the address this connection is named by in return routes (docs/protocol.md,
+            section 6): ``1#<peer>``, or a random local address for a listener that marks
+            its connections so.
     """
 
     __slots__ = (
         "peer",
         "accepted",
+        "mark",
         "_transport",
         "_node",
         "_loop",
@@ -107,9 +130,12 @@ class Connection:
         "_last_read",
     )
 
-    def __init__(self, transport: "TcpTransport", peer: str, accepted: bool) -> None:
+    def __init__(
+        self, transport: TcpTransport, peer: str, accepted: bool, mark: Optional[Address] = None
+    ) -> None:
         self.peer = peer
         self.accepted = accepted
+        self.mark = Address(TCP, peer) if mark is None else mark
         self._transport = transport
         self._node = transport.node
         self._loop = get_hub().loop
@@ -126,7 +152,7 @@ class Connection:
         self._held = Held()  # sources paused because their forwarded frames filled our output
         self._watchers: Dict[int, Callable[[], None]] = {}  # on_close callbacks
         self._paused = False
-        self._decoder = FrameDecoder(Address(TCP, peer))
+        self._decoder = FrameDecoder(self.mark)
         self._last_read = 0.0
 
     def __repr__(self) -> str:
@@ -330,6 +356,25 @@ class Connection:
             logger.info("connection {} closed ({})", self.peer, reason or "closed")
 
 
+class _Mark(Endpoint):
+    """The random mark of an accepted connection: a local endpoint that writes what is sent to
+    it on that connection (see :meth:`TcpTransport.listen`)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        transport = self._conn._transport
+        frame = transport._frame(message, source)
+        if frame is not None:
+            transport.write(self._conn, frame, source)
+
+    def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
+        return self._conn.on_close(callback)
+
+
 class TcpTransport:
     """Carries messages whose next hop is ``1#host:port``; registers itself with ``node``.
 
@@ -342,6 +387,11 @@ class TcpTransport:
             is closed as soon as it is accepted, and logged (default ``None``: no cap). The
             StreamServer's handler only registers a connection and returns, so the cap is
             counted here rather than by a ``Pool`` of handler greenlets.
+        dial_for_forward: whether a message forwarded from the network (a middle hop) may make
+            this node open a new connection (docs/protocol.md, section 7): ``False`` (default:
+            forwarded messages go only over connections already open, accepted or opened by the
+            application, as Rust 2021 did), ``True`` (any ``host:port``), or an iterable of the
+            ``host:port`` keys allowed. Local senders always connect on demand.
 
     Attributes:
         high_water: bytes queued on one connection before local senders wait and forwarding
@@ -360,11 +410,15 @@ class TcpTransport:
         connect_timeout: float = 5.0,
         idle_timeout: Optional[float] = None,
         max_connections: Optional[int] = None,
+        dial_for_forward: Union[bool, Iterable[str]] = False,
     ) -> None:
         self.node = node
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.dial_for_forward: Union[bool, FrozenSet[str]] = (
+            dial_for_forward if isinstance(dial_for_forward, bool) else frozenset(dial_for_forward)
+        )
         self._connections: Dict[str, Connection] = {}
         self._accepted: Set[Connection] = set()
         self._servers: List[StreamServer] = []
@@ -383,12 +437,21 @@ class TcpTransport:
 
     # -- listener ---------------------------------------------------------------------------
 
-    def listen(self, address: str = "127.0.0.1:0") -> str:
+    def listen(self, address: str = "127.0.0.1:0", mark: str = "peer") -> str:
         """Accept connections on ``host:port`` (port 0 picks a free one; the host defaults to
         127.0.0.1). Returns the bound address as ``host:port``.
+
+        ``mark`` chooses how each accepted connection is named in the return routes of what it
+        brings (docs/protocol.md, section 6): ``"peer"`` (default, as Rust 2021) prepends
+        ``1#<ip:port>`` of the client, which anyone may also name as a next hop; ``"random"``
+        prepends an unguessable local address (32 hex characters) that only a reply along that
+        return route reaches, so no client can write into another's connection.
         """
+        if mark not in ("peer", "random"):
+            raise ValueError(f"mark must be 'peer' or 'random', got {mark!r}")
         host, port = parse_host_port(address)
-        server = StreamServer((host, port), self._accept, backlog=self.backlog)
+        accept = self._accept if mark == "peer" else self._accept_marked
+        server = StreamServer((host, port), accept, backlog=self.backlog)
         server.start()
         self._servers.append(server)
         bound = format_peer(server.socket.getsockname())
@@ -396,28 +459,51 @@ class TcpTransport:
         return bound
 
     def _accept(self, gsock: Any, sockaddr: Any) -> None:
-        """The StreamServer's handler: register the connection with the router and return (the
-        connection needs no greenlet of its own)."""
-        sock = socket.socket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
-        peer = format_peer(sockaddr)
-        if self._stopped or (
-            self.max_connections is not None and len(self._accepted) >= self.max_connections
-        ):
-            logger.warning(
-                "turned away a connection from {}: {} connections open", peer, len(self._accepted)
-            )
-            self._count("connections_refused")
-            sock.close()
+        """The StreamServer's handler for ``mark="peer"``: register the connection under
+        ``ip:port`` and return (the connection needs no greenlet of its own)."""
+        sock = self._admit(gsock, sockaddr)
+        if sock is None:
             return
+        peer = format_peer(sockaddr)
         conn = Connection(self, peer, accepted=True)
         previous = self._connections.get(peer)
         if previous is not None:
             previous.close("replaced by a new connection from the same address")
         self._connections[peer] = conn
+        self._start_accepted(conn, sock)
+
+    def _accept_marked(self, gsock: Any, sockaddr: Any) -> None:
+        """The StreamServer's handler for ``mark="random"``: the connection is reachable only
+        through its random mark, a local endpoint."""
+        sock = self._admit(gsock, sockaddr)
+        if sock is None:
+            return
+        mark = Address(LOCAL, random_address())
+        conn = Connection(self, format_peer(sockaddr), accepted=True, mark=mark)
+        self.node.start_endpoint(conn.mark, _Mark(conn))
+        self._start_accepted(conn, sock)
+
+    def _admit(self, gsock: Any, sockaddr: Any) -> Optional[socket.socket]:
+        """The accepted socket, or None if it was turned away (stopped, or at the cap)."""
+        sock = socket.socket(gsock.family, gsock.type, gsock.proto, fileno=gsock.detach())
+        if self._stopped or (
+            self.max_connections is not None and len(self._accepted) >= self.max_connections
+        ):
+            logger.warning(
+                "turned away a connection from {}: {} connections open",
+                format_peer(sockaddr),
+                len(self._accepted),
+            )
+            self._count("connections_refused")
+            sock.close()
+            return None
+        return sock
+
+    def _start_accepted(self, conn: Connection, sock: socket.socket) -> None:
         self._accepted.add(conn)
         conn._attach(sock)
         self._count("connections_accepted")
-        logger.info("accepted a connection from {}", peer)
+        logger.info("accepted a connection from {}", conn.peer)
 
     # -- connector pool ---------------------------------------------------------------------
 
@@ -474,12 +560,40 @@ class TcpTransport:
         :attr:`high_water`). A forwarded message never waits: failures are logged and counted,
         and a connection whose output is past :attr:`high_water` pauses ``source``.
         """
+        frame = self._frame(message, source)
+        if frame is None:
+            return
         peer = message[1][0][1]
         conn = self._connections.get(peer)
-        if source is None:
-            frame = encode_frame(message, pop_first=True)
-            if conn is None:
+        if conn is None:
+            if source is not None and not self._may_dial(peer):
+                self.node.drop("no_connection", message, source)
+                return
+            try:
                 conn = self._open(peer)
+            except NodeStopped:
+                if source is None:
+                    raise
+                self.node.drop("stopped", message, source)
+                return
+        self.write(conn, frame, source)
+
+    def _frame(self, message: TransportMessage, source: Optional[Source]) -> Optional[bytes]:
+        """``message``'s frame without its first hop (docs/protocol.md, rule 3). A body over
+        65535 bytes raises to a local sender (nothing is opened or written) and is dropped when
+        forwarded (None)."""
+        if source is None:
+            return encode_frame(message, pop_first=True)
+        try:
+            return encode_frame(message, pop_first=True)
+        except LocalProtocolError as exc:  # a body that grew too big to forward
+            self.node.drop("unsendable", message, exc)
+            return None
+
+    def write(self, conn: Connection, frame: bytes, source: Optional[Source]) -> None:
+        """Write ``frame`` on ``conn``: the flow-control rules of :meth:`send` once the
+        connection is chosen."""
+        if source is None:
             if conn._state != _OPEN:
                 conn.wait_ready(self.connect_timeout + 1)
             ctx = None
@@ -487,24 +601,21 @@ class TcpTransport:
                 ctx = self.node.current_context()
                 if ctx is not None and ctx.mailbox_full:
                     raise OutputFull(
-                        f"{conn._out_bytes} bytes wait to go to {peer} and the mailbox of "
+                        f"{conn._out_bytes} bytes wait to go to {conn.peer} and the mailbox of "
                         f"{ctx.address} is full: waiting could deadlock, message refused"
                     )
             conn.write(frame)
             if conn._out_bytes > self.high_water:
                 conn.wait_drained(self.high_water, ctx or self.node.current_context())
             return
-        try:
-            frame = encode_frame(message, pop_first=True)
-            if conn is None:
-                conn = self._open(peer)
-        except Exception as exc:  # a body too big to forward, or the transport is stopped
-            self.node.count_drop("unsendable")
-            logger.warning("cannot forward a message from {} to {}: {}", source.peer, peer, exc)
-            return
         conn.write(frame)
         if conn._out_bytes > self.high_water:
             conn._held.hold(source)
+
+    def _may_dial(self, peer: str) -> bool:
+        """The connect policy for a forwarded message's next hop that has no connection."""
+        policy = self.dial_for_forward
+        return policy if isinstance(policy, bool) else peer in policy
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
         """A fast path for a local sender's next messages along ``route`` (its first hop is
@@ -539,6 +650,8 @@ class TcpTransport:
         if self._connections.get(conn.peer) is conn:
             del self._connections[conn.peer]
         self._accepted.discard(conn)
+        if conn.mark[0] == LOCAL and conn.mark[1] in self.node.endpoints:
+            self.node.stop_endpoint(conn.mark)
 
     def _count(self, what: str, n: int = 1) -> None:
         self._counters[what] = self._counters.get(what, 0) + n
