@@ -134,7 +134,7 @@ class UntrustedPeer(HandshakeFailed):
         public_key: the refused 32-byte X25519 public key.
     """
 
-    def __init__(self, message: str, public_key: bytes) -> None:
+    def __init__(self, message: str, public_key: bytes = b"") -> None:
         super().__init__(message)
         self.public_key = public_key
 

@@ -348,6 +348,15 @@ def initiator_waiting_for_message_2(**options):
     return initiator
 
 
+def waiting_for_message(number):
+    """A vector handshake whose next step is to read message ``number``."""
+    if number == 1:
+        return vector_responder()
+    if number == 2:
+        return initiator_waiting_for_message_2()
+    return responder_waiting_for_message_3()
+
+
 def flipped(message, index):
     return message[:index] + bytes([message[index] ^ 0x01]) + message[index + 1 :]
 
@@ -384,11 +393,7 @@ def test_tampered_message_3_is_refused_and_changes_nothing(index):
     ids=lambda v: str(v) if isinstance(v, int) else "",
 )
 def test_truncated_handshake_messages_are_refused(which, message, cut):
-    handshake = {
-        1: vector_responder,
-        2: initiator_waiting_for_message_2,
-        3: responder_waiting_for_message_3,
-    }[which]()
+    handshake = waiting_for_message(which)
     before = handshake.handshake_hash
     with pytest.raises(HandshakeFailed, match=f"message {which}"):
         handshake.read_message(message[:cut])
@@ -531,11 +536,7 @@ def test_repr_shows_the_state_and_no_key():
 @SETTINGS
 @given(step=st.sampled_from([1, 2, 3]), data=st.binary(max_size=200))
 def test_random_bytes_as_a_handshake_message_raise_handshake_failed_only(step, data):
-    handshake = {
-        1: vector_responder,
-        2: initiator_waiting_for_message_2,
-        3: responder_waiting_for_message_3,
-    }[step]()
+    handshake = waiting_for_message(step)
     before = handshake.handshake_hash
     try:
         handshake.read_message(data)
