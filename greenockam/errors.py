@@ -27,6 +27,12 @@ __all__ = [
     "ConnectFailed",
     "ConnectionLost",
     "OutputFull",
+    "SecureChannelError",
+    "HandshakeFailed",
+    "UntrustedPeer",
+    "DecryptFailed",
+    "ReplayedMessage",
+    "NonceExhausted",
 ]
 
 
@@ -104,3 +110,51 @@ class OutputFull(TransportError):
 
 class ConnectionLost(TransportError):
     """The peer closed or broke a connection while a message was waiting to go out on it."""
+
+
+class SecureChannelError(GreenockamError):
+    """A secure channel refused a message or an operation (docs/secure-channel.md).
+
+    The base class of the channel's own errors. Those caused by bytes from the peer are also
+    :class:`RemoteProtocolError`; those caused by this side are also :class:`LocalProtocolError`.
+    """
+
+
+class HandshakeFailed(SecureChannelError, RemoteProtocolError):
+    """A handshake message that is too short, does not authenticate or carries a low-order key.
+
+    The handshake is left exactly as it was: it still waits for the genuine message.
+    """
+
+
+class UntrustedPeer(HandshakeFailed):
+    """The peer proved it holds its static key, but the trust policy refused that key.
+
+    Attributes:
+        public_key: the refused 32-byte X25519 public key.
+    """
+
+    def __init__(self, message: str, public_key: bytes = b"") -> None:
+        super().__init__(message)
+        self.public_key = public_key
+
+
+class DecryptFailed(SecureChannelError, RemoteProtocolError):
+    """A channel message that is too short to hold a nonce and a tag, or does not authenticate.
+
+    The message is dropped; the channel is unaffected.
+    """
+
+
+class ReplayedMessage(SecureChannelError, RemoteProtocolError):
+    """A channel message whose nonce was already accepted, or is older than the replay window.
+
+    The message is dropped; the channel is unaffected.
+    """
+
+
+class NonceExhausted(SecureChannelError, LocalProtocolError):
+    """This channel end has used every nonce it may send with: it can never send again.
+
+    Raised before anything is encrypted. Open a fresh channel to go on.
+    """
