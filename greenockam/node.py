@@ -15,6 +15,7 @@ flow control) are in :mod:`greenockam.transport.base`.
 
 from __future__ import annotations
 
+import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import gevent
@@ -25,9 +26,12 @@ from loguru import logger
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
 from .codecs import Codec, get_codec
 from .context import Context
+from .faults import FaultLog, printable
 from .errors import (
     AddressError,
     AddressInUse,
+    ConnectFailed,
+    ConnectionLost,
     MailboxFull,
     NodeStopped,
     RemoteProtocolError,
@@ -68,6 +72,8 @@ class Node:
         codec: the default payload codec.
         hub: the gevent hub the node runs in.
         endpoints: the local endpoints by address value (read-only; see :meth:`start_endpoint`).
+        faults: the :class:`~greenockam.faults.FaultLog` through which the node and its
+            transports log what peers cause, at a bounded rate.
     """
 
     mailbox_size = 4096
@@ -89,6 +95,7 @@ class Node:
         self._routed = 0  # messages dispatched for local senders
         self._handler_errors = 0
         self._dropped: Dict[str, int] = {}
+        self.faults = FaultLog(self.hub.loop)
         self._app = self.open_context("app")
         self._router = Router(self, self._contexts, self._endpoints, self._transports)
 
@@ -288,11 +295,7 @@ class Node:
                     if isinstance(exc, NodeStopped) and ctx.stopping:
                         continue  # woken by this worker's own stop: the loop ends here
                     self._handler_errors += 1
-                    logger.opt(exception=True).error(
-                        "worker {} failed to handle a message from {}",
-                        ctx.address,
-                        str(msg.return_route)[:200],
-                    )
+                    self._log_handler_error(ctx, msg, exc)
         except (NodeStopped, GreenletExit):
             pass
         finally:
@@ -303,6 +306,28 @@ class Node:
                 worker.shutdown(ctx)
             except Exception:
                 logger.opt(exception=True).error("worker {} failed in shutdown", ctx.address)
+
+    def _log_handler_error(self, ctx: Context, msg: Routed, exc: Exception) -> None:
+        """A handler raised. A failure the peer caused (its connection closed or refused) is a
+        fault, rate-limited and without a traceback; anything else is a bug in the handler,
+        logged with its traceback (never the values of its variables, which may hold payloads)."""
+        sender = printable(msg[2])
+        if isinstance(exc, (ConnectionLost, ConnectFailed)):
+            self.faults.warning(
+                "reply_failed",
+                printable(msg[2][0][1]) if msg[2] else "local",
+                "worker {} could not answer {}: {}",
+                ctx.address,
+                sender,
+                printable(exc),
+            )
+            return
+        logger.error(
+            "worker {} failed to handle a message from {}:\n{}",
+            ctx.address,
+            sender,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+        )
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -401,13 +426,15 @@ class Node:
         source it came from, an exception, or None."""
         self.count_drop(reason)
         origin = getattr(cause, "peer", None)
-        logger.warning(
-            "dropped a message ({}): onward {!r}, return {!r}, {} payload bytes{}",
+        self.faults.warning(
             reason,
-            str(msg[1])[:200],
-            str(msg[2])[:200],
+            origin or "local",
+            "dropped a message ({}): onward {}, return {}, {} payload bytes{}",
+            reason,
+            printable(msg[1]),
+            printable(msg[2]),
             len(msg[3]),
-            f", from {origin}" if origin else (f": {cause}" if cause else ""),
+            f", from {origin}" if origin else (f": {printable(cause)}" if cause else ""),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -445,6 +472,7 @@ class Node:
         for ctx in list(self._contexts.values()):
             ctx.close()
         self._endpoints.clear()
+        self.faults.flush()
         logger.debug("node stopped: {}", self.statistics())
 
     # -- statistics -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from gevent.hub import Waiter
 from loguru import logger
 
 from .address import LOCAL
+from .faults import printable
 from .transport.base import Endpoint, Source, Transport
 from .wire import TransportMessage
 
@@ -179,6 +180,6 @@ class Router:
         try:
             endpoint.handle(msg, source)
         except Exception:  # an endpoint bug must not take the router down
-            logger.opt(exception=True).error("endpoint {} failed", msg[1][0])
+            logger.opt(exception=True).error("endpoint {} failed", printable(msg[1][0]))
             self.node.count_drop("endpoint_error")
         self.routed += 1

@@ -686,10 +686,12 @@ def test_a_handler_exception_is_logged_with_traceback_and_the_worker_goes_on(nod
     record = errors[0]
     assert record["name"].startswith("greenockam")
     assert "0#crashy" in record["message"]
-    assert record["exception"] is not None
-    assert record["exception"].type is ValueError
-    assert str(record["exception"].value) == "boom in handler"
-    assert record["exception"].traceback is not None
+    # The traceback is part of the message, formatted without the values of local variables
+    # (a sink with diagnose=True would print those, payloads included).
+    assert "Traceback (most recent call last)" in record["message"]
+    assert "ValueError: boom in handler" in record["message"]
+    assert "handle_message" in record["message"]
+    assert record["exception"] is None
 
 
 def test_handler_errors_are_counted_per_failure(node):
@@ -772,7 +774,7 @@ def test_a_handler_that_raises_node_stopped_while_its_node_runs_is_a_handler_err
     assert node.request(["bridge"], "still here", timeout=WAIT).body == "ok: still here"
     assert node.statistics()["handler_errors"] == 1
     errors = [r for r in log_records if r["level"].name == "ERROR"]
-    assert len(errors) == 1 and errors[0]["exception"].type is NodeStopped
+    assert len(errors) == 1 and "NodeStopped" in errors[0]["message"]
 
 
 # --- bounded mailboxes ----------------------------------------------------------------------------
