@@ -120,6 +120,7 @@ def cpu_pair(text: str) -> Tuple[int, int]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line: the benchmark, or one of the roles it starts; the exit status."""
     parser = argparse.ArgumentParser(description="greenockam against raw gevent, side by side")
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes, 1 repetition (about 15 seconds)")
@@ -168,8 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        for proc in list(runner.Proc.live):
-            proc.kill()
+        runner.kill_all()
 
 
 if __name__ == "__main__":

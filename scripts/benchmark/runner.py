@@ -175,6 +175,12 @@ class Proc:
             Proc.live.remove(self)
 
 
+def kill_all() -> None:
+    """Kill every process started here that is still running."""
+    for proc in list(Proc.live):
+        proc.kill()
+
+
 def git_describe() -> Optional[str]:
     """The commit of the tree measured, with "+dirty" if greenockam/ has uncommitted changes."""
     root = os.path.dirname(SCRIPTS)
