@@ -209,6 +209,12 @@ def test_a_row_naming_a_phase_that_never_ran_is_an_error():
         report.aggregate(runs)
 
 
+def test_two_rows_yielding_one_figure_are_an_error():
+    again = report.Row("rtt_ratio", "round trips again", "x", ".3f", "rtt", "per_s")
+    with pytest.raises(BenchError, match="rtt_ratio: yielded by two rows"):
+        report.aggregate(RUNS, report.ROWS + (again,))
+
+
 def test_a_baseline_without_a_ratio_key_is_refused_when_the_table_is_written():
     with pytest.raises(ValueError, match="baseline"):
         report.Row("x_per_s", "x", "msg/s", ",.0f", "rtt", "per_s", baseline="rtt")

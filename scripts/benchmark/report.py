@@ -5,7 +5,7 @@ from (a phase and a field of each run's result), how those runs are aggregated, 
 better, whether raw gevent measured the same thing (then it also yields ``raw_<key>`` and a ratio
 greenockam / raw), and its targets if any. :func:`aggregate` turns every run into the figures,
 :func:`check_targets` checks every target against them, and :func:`render` prints the table:
-all three read :data:`ROWS` and nothing else, so a target is checked whether or not its row is
+all three are driven by :data:`ROWS` alone, so a target is checked whether or not its row is
 shown, and a row or a target that names a figure no run produced is a
 :class:`~.common.BenchError`, never a silent gap.
 
@@ -176,16 +176,23 @@ def aggregate(runs: Runs, rows: Sequence[Row] = ROWS) -> Dict[str, float]:
     ratio greenockam / raw (NaN when raw is not above 0).
 
     Raises:
-        BenchError: a row names a phase that has no runs, or a field a run's result lacks.
+        BenchError: a row names a phase that has no runs, or a field a run's result lacks; or
+            two rows yield the same key.
     """
     figures: Dict[str, float] = {}
+
+    def put(key: str, value: float) -> None:
+        if key in figures:
+            raise BenchError(f"figure {key}: yielded by two rows of the table")
+        figures[key] = value
+
     for row in rows:
         value = _aggregate(row, runs, "gko", row.phase)
-        figures[row.key] = value
+        put(row.key, value)
         if row.baseline is not None and row.ratio is not None:
             raw = _aggregate(row, runs, "raw", row.baseline)
-            figures["raw_" + row.key] = raw
-            figures[row.ratio] = value / raw if raw > 0 else NAN
+            put("raw_" + row.key, raw)
+            put(row.ratio, value / raw if raw > 0 else NAN)
     return figures
 
 
