@@ -8,6 +8,7 @@ import struct
 
 import gevent
 import gevent.socket
+from gevent.event import Event
 
 from greenockam import Node, Worker
 from greenockam.transport.tcp import TcpTransport
@@ -180,3 +181,25 @@ class Net:
             sock.close()
         for node in reversed(self.nodes):
             node.stop(timeout=2.0)
+
+
+class LogLines:
+    """A loguru sink that keeps the messages of one test and lets it wait for one."""
+
+    def __init__(self):
+        self.lines = []
+        self._new = Event()
+
+    def sink(self, message):
+        self.lines.append(message.record["message"])
+        self._new.set()
+
+    def wait_for(self, *parts, timeout=WAIT):
+        def found():
+            return any(all(p in line for p in parts) for line in self.lines)
+
+        failure = AssertionError("no log line with %r in %r" % (parts, self.lines))
+        with gevent.Timeout(timeout, failure):
+            while not found():
+                self._new.clear()
+                self._new.wait()

@@ -33,6 +33,7 @@ from greenockam import (
 from greenockam.transport.tcp import TcpTransport
 from helpers import (
     Echo,
+    LogLines,
     assert_closed_by_peer,
     live_greenlets,
     peer_name,
@@ -96,26 +97,6 @@ def test_the_reference_encoder_of_these_tests_reproduces_the_vectors():
 # --- raw peers and helpers ----------------------------------------------------------------------
 
 
-
-
-class LogLines:
-    def __init__(self):
-        self.lines = []
-        self._new = Event()
-
-    def sink(self, message):
-        self.lines.append(message.record["message"])
-        self._new.set()
-
-    def wait_for(self, *parts, timeout=T):
-        def found():
-            return any(all(p in line for p in parts) for line in self.lines)
-
-        failure = AssertionError("no log line with %r in %r" % (parts, self.lines))
-        with gevent.Timeout(timeout, failure):
-            while not found():
-                self._new.clear()
-                self._new.wait()
 
 
 @pytest.fixture
