@@ -23,6 +23,7 @@ from loguru import logger
 
 from _cli import add_common_options, start_logging
 from greenockam import ConnectFailed, Node, Worker
+from greenockam.faults import printable
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
 
@@ -33,8 +34,10 @@ class Responder(Worker):
         self.log_each = log_each
 
     def handle_message(self, ctx, msg):
-        if self.log_each:
-            logger.info("Responder: {}", msg.body)
+        if self.log_each:  # as Rust's example prints each message; bounded per sending host
+            ctx.node.faults.info(
+                "echoed", str(msg.return_route[0]), "Responder: {}", printable(msg.body)
+            )
         ctx.reply(msg, msg.body)
 
 
