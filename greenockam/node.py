@@ -282,15 +282,14 @@ class Node:
         started.set(ctx.address)
         self._worker_greenlets[getcurrent()] = ctx
         handle = worker.handle_message
-        receive = ctx.receive
+        receive = ctx.receive_any
         try:
             while not ctx.stopping:
-                try:
-                    msg = receive()
-                except RemoteProtocolError:
-                    continue  # a payload that is not a message_type: dropped and counted
+                msg = receive()
                 try:
                     handle(ctx, msg)
+                except RemoteProtocolError as exc:  # the peer's bytes, not a bug of the handler
+                    self.drop("bad_payload", msg.transport_message, exc)
                 except Exception as exc:
                     if isinstance(exc, NodeStopped) and ctx.stopping:
                         continue  # woken by this worker's own stop: the loop ends here
@@ -375,6 +374,19 @@ class Node:
                 raise UnknownAddress(f"no transport for address type {kind} (next hop {onward[0]})")
             transport.send(msg, None)
         self._routed += 1
+
+    def relay(self, msg: TransportMessage, source: Source) -> None:
+        """Route ``msg`` as a message forwarded from ``source`` (a middleware hop): the rules
+        of the router greenlet, in the calling greenlet: never blocks, never raises; what cannot
+        be delivered is logged (at a bounded rate) and counted; a destination past its bound
+        pauses ``source``; a TCP hop is dialed only as the transport's connect policy allows.
+
+        Raises:
+            NodeStopped: the node is stopped.
+        """
+        if self._state != _RUNNING:
+            raise NodeStopped("the node is stopped")
+        self._router.relay(msg, source)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
         """The fast path of the transport for ``route``'s first hop, if it offers one (see

@@ -205,3 +205,43 @@ def test_a_reply_to_a_client_that_left_fails_at_once_without_dialing_it(net, log
     other = net.connect(address)
     other.sendall(ref_frame(["0#echo_service"], ["0#c"], bare_str("still here")))
     assert recv_frame(other) == ref_frame(["0#c"], ["0#echo_service"], bare_str("still here"))
+
+
+# --- middleware forwarding -----------------------------------------------------------------------
+
+
+class Forwarder(Worker):
+    """A middleware hop: forwards whatever it gets."""
+
+    def handle_message(self, ctx, msg):
+        ctx.forward(msg)
+
+
+def test_a_middleware_forward_to_an_unreachable_hop_never_blocks_and_logs_a_bounded_number(
+    net, logs
+):
+    node, tcp, _ = net.node(dial_for_forward=True)
+    node.start_worker("middle", Forwarder())
+    node.start_worker("echo_service", Echo())
+    unreachable = net.refused_address()
+    for i in range(20):
+        node.send(["middle", "1#" + unreachable, "x"], str(i))
+    # Handled behind those 20 without waiting for any connect: the forwarder keeps serving.
+    assert node.request(["middle", "echo_service"], "through", timeout=WAIT).body == "through"
+    wait_until(
+        lambda: sum(node.statistics()["dropped"].values()) == 20, "every forward is accounted for"
+    )
+    assert set(node.statistics()["dropped"]) == {"connect_failed"}
+    failures = [line for line in logs.lines if line.startswith("cannot connect")]
+    assert 1 <= len(failures) <= FaultLog.burst
+    assert not any("Traceback" in line for line in logs.lines)
+
+
+def test_a_middleware_forward_follows_the_connect_policy(net, logs):
+    node, tcp, _ = net.node()
+    node.start_worker("middle", Forwarder())
+    _, target = net.listener()
+    node.send(["middle", "1#" + target, "x"], "relay me")
+    wait_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
+    assert tcp.connections == {}
+    assert node.statistics()["handler_errors"] == 0
