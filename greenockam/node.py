@@ -15,12 +15,13 @@ flow control) are in :mod:`greenockam.transport.base`.
 
 from __future__ import annotations
 
+import signal
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from loguru import logger
 
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
@@ -96,6 +97,7 @@ class Node:
         self._handler_errors = 0
         self._dropped: Dict[str, int] = {}
         self.faults = FaultLog(self.hub.loop)
+        self._stopped = Event()  # set when stop() begins
         self._app = self.open_context("app")
         self._router = Router(self, self._contexts, self._endpoints, self._transports)
 
@@ -456,6 +458,23 @@ class Node:
         """False once :meth:`stop` has begun."""
         return self._state == _RUNNING
 
+    def serve_forever(
+        self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+    ) -> Optional[int]:
+        """Serve until one of ``signals`` arrives (or another greenlet calls :meth:`stop`), then
+        stop gracefully (:meth:`stop`). Returns the signal that ended it, or None. Call it from
+        the main greenlet of a program whose work is done by workers and transports.
+        """
+        received: AsyncResult = AsyncResult()
+        handlers = [gevent.signal_handler(sig, received.set, sig) for sig in signals]
+        self._stopped.rawlink(lambda _: received.set(None))
+        try:
+            return received.get()  # type: ignore[no-any-return]
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.stop()
+
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop the node: the router greenlet ends, every worker finishes the message in hand
         and runs ``shutdown``, transports close their connections; anything left in a mailbox is
@@ -467,6 +486,7 @@ class Node:
         if self._state != _RUNNING:
             return
         self._state = _STOPPING
+        self._stopped.set()
         timeout = self.stop_timeout if timeout is None else timeout
         self._router.stop()
         current = getcurrent()

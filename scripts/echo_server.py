@@ -14,11 +14,8 @@ exits 0.
 """
 
 import argparse
-import signal
 import sys
 
-import gevent
-from gevent.event import Event
 from loguru import logger
 
 from _cli import add_common_options, start_logging
@@ -63,10 +60,6 @@ def main(argv=None) -> int:
 
     start_logging(args.log_level)
 
-    stop = Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, stop.set)
-
     node = Node(codec=args.codec)
     try:
         tcp = TcpTransport(node)
@@ -76,7 +69,7 @@ def main(argv=None) -> int:
         node.start_worker("echo_service", Responder(logger.level(args.log_level).no <= 20))
         # A line the caller can wait for (the bound port matters when asked for port 0).
         print(f"echo_service listening on {bound}", flush=True)
-        stop.wait()
+        node.serve_forever()  # until SIGINT or SIGTERM
         logger.info("stopping")
     except ConnectFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
