@@ -13,11 +13,10 @@ unsupported value raises :class:`~greenockam.errors.LocalProtocolError`, with ei
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .wire import _BYTE, decode_uint, encode_uint
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .primitives import BYTE, U64_LE, decode_uint, encode_uint, read_u64_length
 
 __all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
 
@@ -31,7 +30,6 @@ class _Raw:
 
 RAW: Any = _Raw()
 
-_u64 = struct.Struct("<Q")
 _BOOL = {b"\x00": False, b"\x01": True}
 
 
@@ -86,7 +84,7 @@ class Codec:
             except UnicodeEncodeError as exc:
                 raise LocalProtocolError(f"the string cannot be encoded as UTF-8: {exc}") from None
             n = len(data)
-            return (_BYTE[n] if n < 0x80 and self is BARE else self._write_len(n)) + data
+            return (BYTE[n] if n < 0x80 and self is BARE else self._write_len(n)) + data
         try:
             encoder = self._encoders[type(value)]
         except KeyError:
@@ -150,12 +148,13 @@ class Codec:
     def _encode_u64(self, value: int) -> bytes:
         if not 0 <= value < 1 << 64:
             raise LocalProtocolError(f"{value} does not fit a u64")
-        return _u64.pack(value)
+        return U64_LE.pack(value)
 
     def _decode_u64(self, payload: bytes) -> int:
         if len(payload) != 8:
             raise RemoteProtocolError(f"a u64 takes 8 bytes, the payload holds {len(payload)}")
-        return _u64.unpack(payload)[0]
+        value: int = U64_LE.unpack(payload)[0]
+        return value
 
     def _decode_bool(self, payload: bytes) -> bool:
         try:
@@ -173,14 +172,8 @@ class Codec:
         return None
 
 
-def _bincode_read_len(data: bytes, pos: int, end: int) -> Tuple[int, int]:
-    if end - pos < 8:
-        raise RemoteProtocolError(f"bincode length needs 8 bytes, the payload holds {end - pos}")
-    return _u64.unpack_from(data, pos)[0], pos + 8
-
-
 BARE = Codec("bare", encode_uint, decode_uint)
-BINCODE = Codec("bincode", _u64.pack, _bincode_read_len)
+BINCODE = Codec("bincode", U64_LE.pack, read_u64_length)
 CODECS: Dict[str, Codec] = {"bare": BARE, "bincode": BINCODE}
 
 

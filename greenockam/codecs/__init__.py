@@ -1,0 +1,17 @@
+"""Payload codecs: how a message body becomes the payload bytes of a TransportMessage.
+
+The package has three layers, each importing only the ones below it:
+
+* :mod:`~greenockam.codecs.primitives`: the BARE ``uint`` and bincode lengths, shared with the
+  frame codec (:mod:`greenockam.wire`);
+* :mod:`~greenockam.codecs.typed`: message types declared as dataclasses, with fixed-width
+  integers, lists, maps, enums and the rest of serde's data model (docs/typed-messages.md);
+* :mod:`~greenockam.codecs.payload`: :class:`Codec`, the ``bare`` and ``bincode`` codecs a node
+  and its contexts use.
+"""
+
+from __future__ import annotations
+
+from .payload import BARE, BINCODE, CODECS, RAW, Codec, get_codec
+
+__all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
