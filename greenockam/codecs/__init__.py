@@ -13,5 +13,44 @@ The package has three layers, each importing only the ones below it:
 from __future__ import annotations
 
 from .payload import BARE, BINCODE, CODECS, RAW, Codec, get_codec
+from .typed import (
+    F32,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    I128,
+    U8,
+    U16,
+    U32,
+    U64,
+    U128,
+    Char,
+    Fixed,
+    TaggedUnion,
+)
 
-__all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
+__all__ = [
+    "Codec",
+    "BARE",
+    "BINCODE",
+    "RAW",
+    "get_codec",
+    "CODECS",
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "U128",
+    "I8",
+    "I16",
+    "I32",
+    "I64",
+    "I128",
+    "F32",
+    "F64",
+    "Char",
+    "Fixed",
+    "TaggedUnion",
+]

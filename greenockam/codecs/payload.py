@@ -1,14 +1,19 @@
-"""Payload codecs: how a typed message becomes the opaque payload bytes of a TransportMessage.
+"""Payload codecs: how a message body becomes the opaque payload bytes of a TransportMessage.
 
 Two codecs, as Rust Ockam had them (PROTOCOL.md section 5):
 
 * ``bare`` (the default): BARE, used by Rust Ockam from ``ockam_core`` 0.7 on.
 * ``bincode``: the seed example's crates (``ockam_core`` 0.6.0).
 
-Supported message types: ``str``, ``bytes`` (length-prefixed data), ``int`` (u64), ``bool``, the
-unit value ``None`` and :data:`RAW` (the payload bytes as they are, no framing at all). Values are
-never pickled or evaluated. Bad payloads raise :class:`~greenockam.errors.RemoteProtocolError`, an
-unsupported value raises :class:`~greenockam.errors.LocalProtocolError`, with either codec.
+Message types: ``str``, ``bytes`` (length-prefixed data), ``int`` (u64), ``bool``, the unit value
+``None``, :data:`RAW` (the payload bytes as they are, no framing at all), and every type declared
+with :mod:`greenockam.codecs.typed` (dataclasses, enums, ``List[U16]``, ...; see
+docs/typed-messages.md). Values are never pickled or evaluated. Bad payloads raise
+:class:`~greenockam.errors.RemoteProtocolError`, an unsupported value raises
+:class:`~greenockam.errors.LocalProtocolError`, with either codec.
+
+The six built-in types decode strictly (bytes after the value are an error, as before typed
+messages existed); declared types ignore trailing bytes, as the Rust decoders do.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from . import typed
 from .primitives import BYTE, U64_LE, decode_uint, encode_uint, read_u64_length
 
 __all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
@@ -73,7 +79,8 @@ class Codec:
         return f"<Codec {self.name}>"
 
     def encode(self, value: Any) -> bytes:
-        """Encode ``value`` by its Python type.
+        """Encode ``value`` by its Python type: a built-in type, or an instance of a declared
+        message class (a dataclass, NamedTuple, TaggedUnion variant or ``enum.Enum``).
 
         Raises:
             LocalProtocolError: the type is not supported, or the value does not fit.
@@ -88,15 +95,28 @@ class Codec:
         try:
             encoder = self._encoders[type(value)]
         except KeyError:
-            raise LocalProtocolError(
-                f"the {self.name} codec cannot encode a {type(value).__name__}; "
-                "send str, bytes, int, bool or None"
-            ) from None
+            if not typed.is_declared(type(value)):
+                raise LocalProtocolError(
+                    f"the {self.name} codec cannot encode a {type(value).__name__}; send str, "
+                    "bytes, int, bool, None or an instance of a declared message class"
+                ) from None
+            encoder = self._encoders[type(value)] = self._typed(typed.encoder, type(value))
         return encoder(value)
+
+    def encoder(self, message_type: Any) -> Callable[[Any], bytes]:
+        """The function that encodes a value as ``message_type``: any type :meth:`decoder`
+        takes but :data:`RAW`, e.g. ``List[str]`` or ``Optional[U32]``, which :meth:`encode`
+        cannot tell from the value alone.
+
+        Raises:
+            LocalProtocolError: ``message_type`` cannot be encoded, and why.
+        """
+        return self._typed(typed.encoder, message_type)
 
     def decode(self, payload: bytes, message_type: Any = str) -> Any:
         """Decode ``payload`` as ``message_type`` (``str``, ``bytes``, ``int``, ``bool``,
-        ``None`` or :data:`RAW`). Trailing bytes are an error.
+        ``None``, :data:`RAW` or a declared type). Trailing bytes are an error for the built-in
+        types and ignored for declared types.
 
         Raises:
             RemoteProtocolError: the payload is not a valid value of that type.
@@ -111,9 +131,21 @@ class Codec:
         """
         try:
             return self._decoders[message_type]
-        except (KeyError, TypeError):
+        except TypeError:
             raise LocalProtocolError(
                 f"the {self.name} codec has no decoder for {message_type!r}"
+            ) from None
+        except KeyError:
+            decode = self._typed(typed.decoder, message_type)
+            self._decoders[message_type] = decode
+            return decode
+
+    def _typed(self, make: Callable[[Any, str], Any], message_type: Any) -> Any:
+        try:
+            return make(message_type, self.name)
+        except TypeError as exc:
+            raise LocalProtocolError(
+                f"the {self.name} codec cannot use {message_type!r} as a message type: {exc}"
             ) from None
 
     # -- str and bytes: a length, then the bytes ---------------------------------------------
