@@ -18,7 +18,7 @@ messages existed); declared types ignore trailing bytes, as the Rust decoders do
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import typed
@@ -35,6 +35,8 @@ class _Raw:
 
 
 RAW: Any = _Raw()
+
+_F = TypeVar("_F")
 
 _BOOL = {b"\x00": False, b"\x01": True}
 
@@ -140,7 +142,8 @@ class Codec:
             self._decoders[message_type] = decode
             return decode
 
-    def _typed(self, make: Callable[[Any, str], Any], message_type: Any) -> Any:
+    def _typed(self, make: Callable[[Any, str], _F], message_type: Any) -> _F:
+        """``make(message_type, self.name)``, its TypeError a LocalProtocolError."""
         try:
             return make(message_type, self.name)
         except TypeError as exc:

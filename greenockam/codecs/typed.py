@@ -49,6 +49,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    Type,
     Union,
 )
 
@@ -165,7 +166,7 @@ class TaggedUnion:
 _in_use: Set[type] = set()  # enums whose variants are frozen: a plan of theirs exists
 
 
-def _enum_of(cls: type) -> Optional[type]:
+def _enum_of(cls: type) -> Optional[Type[TaggedUnion]]:
     """The enum class a TaggedUnion variant belongs to; ``None`` for an enum itself."""
     bases = [b for b in cls.__mro__[1:] if b is not TaggedUnion and issubclass(b, TaggedUnion)]
     return bases[-1] if bases else None
@@ -253,13 +254,13 @@ def _resolve(tp: Any, named: Dict[Any, _Node]) -> _Node:
         children = [_resolve(key, named), _resolve(value, named)]
         return _Node("map", f"Map<{children[0].name}, {children[1].name}>", children=children)
     if origin in _UNION_TYPES:
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) != 1 or len(get_args(tp)) != 2:
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if len(options) != 1 or len(get_args(tp)) != 2:
             raise TypeError(
                 f"{tp!r}: only Optional[T] is supported among unions; a Rust enum is declared "
                 "as a TaggedUnion"
             )
-        child = _resolve(args[0], named)
+        child = _resolve(options[0], named)
         return _Node("option", f"Option<{child.name}>", children=[child])
     if isinstance(tp, type):
         return _resolve_class(tp, named)
@@ -307,8 +308,8 @@ def _resolve_class(cls: type, named: Dict[Any, _Node]) -> _Node:
     if issubclass(cls, TaggedUnion):
         if _enum_of(cls) is not None:
             raise TypeError(
-                f"{cls.__qualname__} is a variant of {_enum_of(cls).__qualname__}: "  # type: ignore[union-attr]
-                "declare and receive the enum, not one of its variants"
+                f"{cls.__qualname__} is a variant of {cls.__mro__[1].__qualname__}: declare and "
+                "receive the enum, not one of its variants"
             )
         if not cls.variants:
             raise TypeError(f"the enum {cls.__qualname__} has no variants")
@@ -462,7 +463,7 @@ _decoded_routes: Dict[bytes, Route] = {}
 
 # Zero-sized items (unit, empty structs) take no bytes, so a length cannot be checked against
 # the bytes left; more than this many is refused rather than looped over.
-MAX_ZERO_SIZED_ITEMS = 65536
+_MAX_ZERO_SIZED_ITEMS = 65536
 
 
 # --- code generation -------------------------------------------------------------------------
@@ -573,7 +574,8 @@ class _Gen:
         name = node.name
         if kind == "int":
             bits, signed = node.args
-            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+            lo = -(1 << (bits - 1)) if signed else 0
+            hi = (1 << (bits - 1 if signed else bits)) - 1
             out.append(f"{ind}if {x}.__class__ is not int: {x} = as_int({x}, {p}, {name!r})")
             out.append(f"{ind}if not {lo} <= {x} <= {hi}:")
             out.append(f"{ind}    raise enc_fail({p}, f'{{{x}}} does not fit a {name}')")
@@ -591,7 +593,9 @@ class _Gen:
                 out.append(f"{ind}try:")
                 out.append(f"{ind}    w({pack}({x}))")
                 out.append(f"{ind}except (OverflowError, struct_error):")
-                out.append(f"{ind}    raise enc_fail({p}, f'{{{x}}} does not fit an f32') from None")
+                out.append(
+                    f"{ind}    raise enc_fail({p}, f'{{{x}}} does not fit an f32') from None"
+                )
             else:
                 out.append(f"{ind}w({pack}({x}))")
         elif kind == "bool":
@@ -659,10 +663,10 @@ class _Gen:
                 f"{ind}    raise enc_fail({p}, f'a {name} has {len(node.children)} items, "
                 f"got {{len({x})}}')"
             )
-            for k, child in enumerate(node.children):
+            for position, child in enumerate(node.children):
                 item = self.var("e")
-                out.append(f"{ind}{item} = {x}[{k}]")
-                self.enc(child, item, f"{path}[{k}]", out, ind)
+                out.append(f"{ind}{item} = {x}[{position}]")
+                self.enc(child, item, f"{path}[{position}]", out, ind)
         elif kind == "option":
             out.append(f"{ind}if {x} is None:")
             out.append(f"{ind}    w(b'\\x00')")
@@ -701,9 +705,9 @@ class _Gen:
                 out.append(f"{ind}for {a} in {x}:")
                 self.enc(_SCALARS[Address], a, path, out, ind + "    ")
         elif kind == "unit_enum":
-            index = self.const({m: i for i, m in enumerate(node.args)}, "index")
-            t = self.var("t")
-            out.append(f"{ind}{t} = {index}.get({x}) if {x}.__class__ is {self.const(node.cls)} else None")
+            numbers = self.const({m: i for i, m in enumerate(node.args)}, "numbers")
+            t, cls = self.var("t"), self.const(node.cls, "cls")
+            out.append(f"{ind}{t} = {numbers}.get({x}) if {x}.__class__ is {cls} else None")
             out.append(f"{ind}if {t} is None:")
             out.append(
                 f"{ind}    raise enc_fail({p}, f'expected a {name} member, got {{{x}!r}}')"
@@ -728,10 +732,11 @@ class _Gen:
             t = self.var("t")
             out.append(f"{ind}{t} = {x}.__class__")
             self.inlining.append(node)
-            for index, variant in enumerate(node.children):
-                out.append(f"{ind}{'if' if index == 0 else 'elif'} {t} is {self.const(variant.cls, 'cls')}:")
-                out.append(f"{ind}    {self.write_tag(index)}")
-                self.enc_fields(variant, x, f"{path}::{variant.name.split('.')[-1]}", out, ind + "    ")
+            for number, variant in enumerate(node.children):
+                cls = self.const(variant.cls, "cls")
+                out.append(f"{ind}{'elif' if number else 'if'} {t} is {cls}:")
+                out.append(f"{ind}    {self.write_tag(number)}")
+                self.enc_fields(variant, x, self.variant_path(path, variant), out, ind + "    ")
             self.inlining.pop()
             out.append(f"{ind}else:")
             out.append(
@@ -750,6 +755,10 @@ class _Gen:
         if not node.fields:
             out.append(f"{ind}pass")
         self.inlining.pop()
+
+    @staticmethod
+    def variant_path(path: str, variant: _Node) -> str:
+        return f"{path}::{variant.cls.__name__}"
 
     def recursive(self, node: _Node) -> bool:
         return node in self.inlining
@@ -781,7 +790,7 @@ class _Gen:
     def check_count(self, n: str, item: _Node, path: str, out: List[str], ind: str) -> None:
         """Refuse a count the bytes left cannot hold, before allocating anything."""
         size = self.min_size(item)
-        limit = f"(end - pos) // {size}" if size else str(MAX_ZERO_SIZED_ITEMS)
+        limit = f"(end - pos) // {size}" if size else str(_MAX_ZERO_SIZED_ITEMS)
         out.append(f"{ind}if {n} > {limit}:")
         out.append(
             f"{ind}    raise dec_fail({self.path(path)}, pos, f'{{{n}}} items announced, "
@@ -836,7 +845,8 @@ class _Gen:
                 self.env["unpack_u32"] = struct.Struct("<I").unpack_from
                 out.append(f"{ind}if {c} > 0x10FFFF or 0xD800 <= {c} <= 0xDFFF:")
                 out.append(
-                    f"{ind}    raise dec_fail({p}, pos, f'{{{c}:#x}} is not a Unicode scalar value')"
+                    f"{ind}    raise dec_fail({p}, pos, f'{{{c}:#x}} is not a Unicode scalar "
+                    "value')"
                 )
                 out.append(f"{ind}{x} = chr({c})")
                 out.append(f"{ind}pos += 4")
@@ -892,8 +902,8 @@ class _Gen:
             self.dec_list(node, x, path, out, ind)
         elif kind == "tuple":
             items = [self.var("e") for _ in node.children]
-            for k, (child, item) in enumerate(zip(node.children, items)):
-                self.dec(child, item, f"{path}[{k}]", out, ind)
+            for position, (child, item) in enumerate(zip(node.children, items)):
+                self.dec(child, item, f"{path}[{position}]", out, ind)
             out.append(f"{ind}{x} = ({''.join(item + ', ' for item in items)})")
         elif kind == "map":
             n, i, k, v = self.var("n"), self.var("i"), self.var("k"), self.var("v")
@@ -931,31 +941,31 @@ class _Gen:
         elif kind in ("unit_enum", "enum"):
             if kind == "enum" and self.recursive(node):
                 return self.call_dec(node, x, path, out, ind)
-            t = self.var("t")
+            t, q = self.var("t"), self.var("q")
             count = len(node.args) if kind == "unit_enum" else len(node.children)
             if self.bare:
                 self.need(1, "a variant index", path, out, ind)
                 out.append(f"{ind}{t} = data[pos]")
-                out.append(f"{ind}if {t} < 128: pos += 1")
-                out.append(f"{ind}else: {t}, pos = read_uint(data, pos, end, {p})")
+                out.append(f"{ind}if {t} < 128: {q} = pos + 1")
+                out.append(f"{ind}else: {t}, {q} = read_uint(data, pos, end, {p})")
             else:
                 self.need(4, "a variant index", path, out, ind)
                 out.append(f"{ind}{t} = unpack_u32(data, pos)[0]")
                 self.env["unpack_u32"] = struct.Struct("<I").unpack_from
-                out.append(f"{ind}pos += 4")
+                out.append(f"{ind}{q} = pos + 4")
             out.append(f"{ind}if {t} >= {count}:")
             out.append(
                 f"{ind}    raise dec_fail({p}, pos, f'variant index {{{t}}}, {name} has "
                 f"{count} variants')"
             )
+            out.append(f"{ind}pos = {q}")
             if kind == "unit_enum":
                 out.append(f"{ind}{x} = {self.const(node.args, 'members')}[{t}]")
             else:
                 self.inlining.append(node)
-                for index, variant in enumerate(node.children):
-                    out.append(f"{ind}{'if' if index == 0 else 'elif'} {t} == {index}:")
-                    vpath = f"{path}::{variant.name.split('.')[-1]}"
-                    self.dec_fields(variant, x, vpath, out, ind + "    ")
+                for number, variant in enumerate(node.children):
+                    out.append(f"{ind}{'elif' if number else 'if'} {t} == {number}:")
+                    self.dec_fields(variant, x, self.variant_path(path, variant), out, ind + "    ")
                 self.inlining.pop()
         elif kind == "struct":
             if self.recursive(node):
@@ -990,11 +1000,9 @@ class _Gen:
             names.append(f)
         self.inlining.pop()
         cls = self.const(node.cls, "cls")
-        flags = node.args or ()
-        args = "".join(f + ", " for f, kw in zip(names, flags or [False] * len(names)) if not kw)
-        kwargs = ", ".join(
-            f"{field!r}: {f}" for field, f, kw in zip(node.fields, names, flags) if kw
-        )
+        keyword = node.args or (False,) * len(names)  # a dataclass's kw_only fields go by name
+        args = "".join(f + ", " for f, kw in zip(names, keyword) if not kw)
+        kwargs = ", ".join(f"{a!r}: {f}" for a, f, kw in zip(node.fields, names, keyword) if kw)
         if node.args is None:  # a NamedTuple
             out.append(f"{ind}{x} = new_tuple({cls}, ({args}))")
         else:
@@ -1052,13 +1060,7 @@ class _Plan:
     __slots__ = ("encode", "encode_into", "decode", "decode_at", "source")
 
     def __init__(self, tp: Any, codec: str) -> None:
-        root = _resolve(tp, {})
-        _plans[tp, codec] = self  # before generating: a recursive type finds itself here
-        try:
-            namespace = _Gen(codec, root).build()
-        except BaseException:
-            del _plans[tp, codec]
-            raise
+        namespace = _Gen(codec, _resolve(tp, {})).build()
         self.encode: Callable[..., bytes] = namespace["encode"]
         self.encode_into: Callable[..., None] = namespace["encode_into"]
         self.decode: Callable[..., Any] = namespace["decode"]
@@ -1068,7 +1070,7 @@ class _Plan:
 
 def _lazy(tp: Any, codec: str, which: str) -> Callable[..., Any]:
     """A function calling ``which`` of ``tp``'s plan, looked up when called: a recursive type
-    refers to a plan that is not finished while its own code is generated."""
+    calls its own plan, which does not exist yet while its code is generated."""
 
     def call(*args: Any) -> Any:
         return getattr(_plan(tp, codec), which)(*args)
@@ -1082,7 +1084,9 @@ _plans: Dict[Tuple[Any, str], _Plan] = {}
 def _plan(tp: Any, codec: str) -> _Plan:
     plan = _plans.get((tp, codec))
     if plan is None:
-        plan = _Plan(tp, codec)
+        if codec not in ("bare", "bincode"):
+            raise ValueError(f"unknown codec {codec!r}; choose 'bare' or 'bincode'")
+        plan = _plans[tp, codec] = _Plan(tp, codec)
     return plan
 
 
