@@ -10,6 +10,7 @@ import json
 import os
 import random
 import struct
+import sys
 import tracemalloc
 import typing
 from dataclasses import dataclass, field
@@ -43,9 +44,10 @@ from greenockam.codecs import (
 )
 from greenockam.transport.tcp import TcpTransport
 
-Annotated = typing.Annotated if hasattr(typing, "Annotated") else None
-if Annotated is None:  # pragma: no cover - Python 3.8
-    from typing_extensions import Annotated
+if sys.version_info >= (3, 9):
+    from typing import Annotated, get_args, get_origin, get_type_hints
+else:  # pragma: no cover - typing_extensions backports them to 3.8
+    from typing_extensions import Annotated, get_args, get_origin, get_type_hints
 
 T = 10.0  # seconds: the bound on any single network wait in these tests
 
@@ -208,7 +210,7 @@ def rust_type(text):
 
 
 def strip(tp):
-    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+    return get_args(tp)[0] if get_origin(tp) is Annotated else tp
 
 
 def from_json(tp, value):
@@ -216,7 +218,7 @@ def from_json(tp, value):
     if tp is F32:
         return struct.unpack("<f", struct.pack("<f", value))[0]
     tp = strip(tp)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    origin, args = get_origin(tp), get_args(tp)
     if tp in (None, type(None)):
         return None
     if tp is bytes:
@@ -241,7 +243,7 @@ def from_json(tp, value):
         assert variant.__name__ == value["variant"] or value["variant"] == "CreateResponderChannel"
         if "value" in value:  # a newtype variant
             (name,) = [f.name for f in dataclasses.fields(variant)]
-            hint = typing.get_type_hints(variant, include_extras=True)[name]
+            hint = get_type_hints(variant, include_extras=True)[name]
             return variant(from_json(hint, value["value"]))
         return build(variant, value.get("fields", value.get("values")))
     if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or hasattr(tp, "_fields")):
@@ -250,7 +252,7 @@ def from_json(tp, value):
 
 
 def build(cls, value):
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = get_type_hints(cls, include_extras=True)
     names = (
         [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else
         list(getattr(cls, "_fields", ()))
