@@ -56,7 +56,7 @@ from typing import (
 from ..address import Address, Route
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..wire import encode_route
-from .primitives import BYTE, U64_LE, decode_uint, encode_uint
+from .primitives import BYTE, decode_uint, encode_uint
 
 if sys.version_info >= (3, 9):
     from typing import Annotated, get_args, get_origin, get_type_hints
@@ -446,20 +446,52 @@ def _char_utf8(data: bytes, pos: int, end: int) -> Optional[str]:
 
 _new_tuple = tuple.__new__
 
-_STRUCTS = {
-    (8, False): "B",
-    (16, False): "<H",
-    (32, False): "<I",
-    (64, False): "<Q",
-    (8, True): "b",
-    (16, True): "<h",
-    (32, True): "<i",
-    (64, True): "<q",
-}
+_FORMATS = {"u16": "<H", "u32": "<I", "u64": "<Q", "i8": "b", "i16": "<h", "i32": "<i"}
+_FORMATS.update({"i64": "<q", "f32": "<f", "f64": "<d"})
 
-# Routes decoded by the bare codec, by their bytes (cleared wholesale when full).
-_ROUTE_CACHE_SIZE = 4096
+# Routes and addresses decoded by the bare codec, by their bytes, and the bare encodings of
+# addresses. Each is cleared wholesale when full: distinct values cost re-parsing, never memory.
+_CACHE_SIZE = 4096
 _decoded_routes: Dict[bytes, Route] = {}
+_decoded_addresses: Dict[bytes, Address] = {}
+_encoded_addresses: Dict[Address, bytes] = {}
+
+
+def _encode_address(address: Address) -> bytes:
+    """The BARE encoding of ``address``, as the first address of :func:`encode_route` writes it.
+    Called once per address: the generated code caches the result."""
+    if len(_encoded_addresses) >= _CACHE_SIZE:
+        _encoded_addresses.clear()
+    return encode_route(_new_tuple(Route, (address,)))[1:]
+
+# Every name the generated code uses but its own constants (classes, enum members).
+_ENV: Dict[str, Any] = {
+    "BYTE": BYTE,
+    "encode_uint": encode_uint,
+    "encode_route": encode_route,
+    "read_uint": _read_uint,
+    "enc_fail": _enc_fail,
+    "dec_fail": _dec_fail,
+    "type_name": _type_name,
+    "as_int": _as_int,
+    "as_float": _as_float,
+    "as_bytes": _as_bytes,
+    "as_str": _as_str,
+    "as_seq": _as_seq,
+    "check_char": _check_char,
+    "char_utf8": _char_utf8,
+    "new_tuple": _new_tuple,
+    "Address": Address,
+    "Route": Route,
+    "routes": _decoded_routes,
+    "addresses": _decoded_addresses,
+    "address_bytes": _encoded_addresses,
+    "encode_address": _encode_address,
+    "struct_error": struct.error,
+}
+for _name, _format in _FORMATS.items():
+    _ENV["pack_" + _name] = struct.Struct(_format).pack
+    _ENV["unpack_" + _name] = struct.Struct(_format).unpack_from
 
 # Zero-sized items (unit, empty structs) take no bytes, so a length cannot be checked against
 # the bytes left; more than this many is refused rather than looped over.
@@ -476,31 +508,7 @@ class _Gen:
         self.bare = codec == "bare"
         self.codec = codec
         self.root = root
-        self.env: Dict[str, Any] = {
-            "BYTE": BYTE,
-            "encode_uint": encode_uint,
-            "encode_route": encode_route,
-            "pack_u64": U64_LE.pack,
-            "unpack_u64": U64_LE.unpack_from,
-            "read_uint": _read_uint,
-            "enc_fail": _enc_fail,
-            "dec_fail": _dec_fail,
-            "type_name": _type_name,
-            "as_int": _as_int,
-            "as_float": _as_float,
-            "as_bytes": _as_bytes,
-            "as_str": _as_str,
-            "as_seq": _as_seq,
-            "check_char": _check_char,
-            "char_utf8": _char_utf8,
-            "new_tuple": _new_tuple,
-            "Address": Address,
-            "Route": Route,
-            "routes": _decoded_routes,
-            "UnicodeDecodeError": UnicodeDecodeError,
-            "OverflowError": OverflowError,
-            "struct_error": struct.error,
-        }
+        self.env: Dict[str, Any] = dict(_ENV)  # the names the generated code uses
         self.counter = 0
         self.inlining: List[_Node] = []
 
@@ -512,10 +520,6 @@ class _Gen:
         name = self.var(stem)
         self.env[name] = value
         return name
-
-    def struct_fn(self, fmt: str) -> Tuple[str, str, int]:
-        s = struct.Struct(fmt)
-        return self.const(s.pack, "pack"), self.const(s.unpack_from, "unpack"), s.size
 
     @staticmethod
     def path(path: str) -> str:
@@ -584,20 +588,18 @@ class _Gen:
             elif bits == 128:
                 out.append(f"{ind}w({x}.to_bytes(16, 'little', signed={signed}))")
             else:
-                pack = self.struct_fn(_STRUCTS[bits, signed])[0]
-                out.append(f"{ind}w({pack}({x}))")
+                out.append(f"{ind}w(pack_{name}({x}))")
         elif kind == "float":
-            pack = self.struct_fn("<f" if node.args.size == 4 else "<d")[0]
             out.append(f"{ind}if {x}.__class__ is not float: {x} = as_float({x}, {p}, {name!r})")
-            if node.args.size == 4:
+            if node.args.size == 4:  # a double too large for an f32 raises OverflowError
                 out.append(f"{ind}try:")
-                out.append(f"{ind}    w({pack}({x}))")
+                out.append(f"{ind}    w(pack_f32({x}))")
                 out.append(f"{ind}except (OverflowError, struct_error):")
                 out.append(
                     f"{ind}    raise enc_fail({p}, f'{{{x}}} does not fit an f32') from None"
                 )
             else:
-                out.append(f"{ind}w({pack}({x}))")
+                out.append(f"{ind}w(pack_f64({x}))")
         elif kind == "bool":
             out.append(f"{ind}if {x} is True: w(b'\\x01')")
             out.append(f"{ind}elif {x} is False: w(b'\\x00')")
@@ -609,7 +611,6 @@ class _Gen:
             out.append(f"{ind}{c} = check_char({x}, {p})")
             if self.bare:
                 out.append(f"{ind}w(pack_u32({c}))")
-                self.env["pack_u32"] = struct.Struct("<I").pack
             else:
                 out.append(f"{ind}w({x}.encode('utf-8'))")
         elif kind == "str":
@@ -683,15 +684,22 @@ class _Gen:
             self.enc(node.children[0], k, f"{path}[{{{k}!r}}]", out, ind + "    ")
             self.enc(node.children[1], v, f"{path}[{{{k}!r}}]", out, ind + "    ")
         elif kind == "address":
-            d = self.var("d")
             out.append(f"{ind}if {x}.__class__ is not Address:")
             out.append(
                 f"{ind}    raise enc_fail({p}, f'expected an Address, got {{type_name({x})}}')"
             )
-            out.append(f"{ind}{d} = {x}[1].encode('utf-8')")
-            out.append(f"{ind}w(BYTE[{x}[0]])")
-            out.append(ind + self.write_length(f"len({d})"))
-            out.append(f"{ind}w({d})")
+            if self.bare:  # addresses repeat: their encodings are cached
+                r = self.var("r")
+                out.append(f"{ind}{r} = address_bytes.get({x})")
+                out.append(f"{ind}if {r} is None:")
+                out.append(f"{ind}    {r} = address_bytes[{x}] = encode_address({x})")
+                out.append(f"{ind}w({r})")
+            else:
+                d = self.var("d")
+                out.append(f"{ind}{d} = {x}[1].encode('utf-8')")
+                out.append(f"{ind}w(BYTE[{x}[0]])")
+                out.append(ind + self.write_length(f"len({d})"))
+                out.append(f"{ind}w({d})")
         elif kind == "route":
             out.append(f"{ind}if {x}.__class__ is not Route:")
             out.append(
@@ -716,7 +724,6 @@ class _Gen:
                 out.append(f"{ind}w(BYTE[{t}] if {t} < 128 else encode_uint({t}))")
             else:
                 out.append(f"{ind}w(pack_u32({t}))")
-                self.env["pack_u32"] = struct.Struct("<I").pack
         elif kind == "struct":
             if self.recursive(node):
                 return self.call_enc(node, x, path, out, ind)
@@ -813,14 +820,12 @@ class _Gen:
                     f"{ind}{x} = int.from_bytes(data[pos:pos + 16], 'little', signed={signed})"
                 )
             else:
-                unpack = self.struct_fn(_STRUCTS[bits, signed])[1]
-                out.append(f"{ind}{x} = {unpack}(data, pos)[0]")
+                out.append(f"{ind}{x} = unpack_{name}(data, pos)[0]")
             out.append(f"{ind}pos += {size}")
         elif kind == "float":
-            unpack = self.struct_fn("<f" if node.args.size == 4 else "<d")[1]
             size = node.args.size
             self.need(size, f"a {name}", path, out, ind)
-            out.append(f"{ind}{x} = {unpack}(data, pos)[0]")
+            out.append(f"{ind}{x} = unpack_{name}(data, pos)[0]")
             out.append(f"{ind}pos += {size}")
         elif kind in ("bool", "option"):
             b = self.var("b")
@@ -842,7 +847,6 @@ class _Gen:
                 c = self.var("c")
                 self.need(4, "a char", path, out, ind)
                 out.append(f"{ind}{c} = unpack_u32(data, pos)[0]")
-                self.env["unpack_u32"] = struct.Struct("<I").unpack_from
                 out.append(f"{ind}if {c} > 0x10FFFF or 0xD800 <= {c} <= 0xDFFF:")
                 out.append(
                     f"{ind}    raise dec_fail({p}, pos, f'{{{c}:#x}} is not a Unicode scalar "
@@ -896,7 +900,7 @@ class _Gen:
             out.append(f"{ind}else:")
             out.append(f"{ind}    {start} = pos")
             self.dec_list(node, x, path, out, ind + "    ")
-            out.append(f"{ind}    if len(routes) >= {_ROUTE_CACHE_SIZE}: routes.clear()")
+            out.append(f"{ind}    if len(routes) >= {_CACHE_SIZE}: routes.clear()")
             out.append(f"{ind}    routes[data[{start}:pos]] = {x}")
         elif kind in ("list", "array", "route"):
             self.dec_list(node, x, path, out, ind)
@@ -915,29 +919,24 @@ class _Gen:
             self.dec(node.children[0], k, f"{path}[{{{i}}}].key", out, ind + "    ")
             self.dec(node.children[1], v, f"{path}[{{{i}}}].value", out, ind + "    ")
             out.append(f"{ind}    {x}[{k}] = {v}")
-        elif kind == "address":
-            n, t = self.var("n"), self.var("t")
-            self.need(1, "an address type", path, out, ind)
-            out.append(f"{ind}{t} = data[pos]")
-            out.append(f"{ind}pos += 1")
-            self.read_length(n, path, out, ind)
-            out.append(f"{ind}if {n} > end - pos:")
-            out.append(
-                f"{ind}    raise dec_fail({p}, pos, f'an address of {{{n}}} bytes, "
-                f"{{end - pos}} remain')"
-            )
-            a = self.var("a")
+        elif kind == "address" and self.bare:
+            # Addresses repeat: look the raw bytes up first, assuming a one-byte length (a wrong
+            # guess only misses, as for routes).
+            q, start = self.var("q"), self.var("s")
             out.append(f"{ind}try:")
-            out.append(f"{ind}    {a} = data[pos:pos + {n}].decode('utf-8')")
-            out.append(f"{ind}except UnicodeDecodeError:")
-            out.append(
-                f"{ind}    raise dec_fail({p}, pos, 'an address value that is not valid UTF-8') "
-                "from None"
-            )
-            out.append(f"{ind}if not {a}:")
-            out.append(f"{ind}    raise dec_fail({p}, pos, 'an empty address value')")
-            out.append(f"{ind}{x} = new_tuple(Address, ({t}, {a}))")
-            out.append(f"{ind}pos += {n}")
+            out.append(f"{ind}    {q} = pos + 2 + data[pos + 1]")
+            out.append(f"{ind}    {x} = addresses.get(data[pos:{q}]) if {q} <= end else None")
+            out.append(f"{ind}except IndexError:")
+            out.append(f"{ind}    {x} = None")
+            out.append(f"{ind}if {x} is not None:")
+            out.append(f"{ind}    pos = {q}")
+            out.append(f"{ind}else:")
+            out.append(f"{ind}    {start} = pos")
+            self.dec_address(x, path, out, ind + "    ")
+            out.append(f"{ind}    if len(addresses) >= {_CACHE_SIZE}: addresses.clear()")
+            out.append(f"{ind}    addresses[data[{start}:pos]] = {x}")
+        elif kind == "address":
+            self.dec_address(x, path, out, ind)
         elif kind in ("unit_enum", "enum"):
             if kind == "enum" and self.recursive(node):
                 return self.call_dec(node, x, path, out, ind)
@@ -951,7 +950,6 @@ class _Gen:
             else:
                 self.need(4, "a variant index", path, out, ind)
                 out.append(f"{ind}{t} = unpack_u32(data, pos)[0]")
-                self.env["unpack_u32"] = struct.Struct("<I").unpack_from
                 out.append(f"{ind}{q} = pos + 4")
             out.append(f"{ind}if {t} >= {count}:")
             out.append(
@@ -973,6 +971,31 @@ class _Gen:
             self.dec_fields(node, x, path, out, ind)
         else:  # pragma: no cover - every kind above
             raise AssertionError(kind)
+
+    def dec_address(self, x: str, path: str, out: List[str], ind: str) -> None:
+        """An address: its type byte, a length, its value in UTF-8 (never empty)."""
+        p = self.path(path)
+        n, t, a = self.var("n"), self.var("t"), self.var("a")
+        self.need(1, "an address type", path, out, ind)
+        out.append(f"{ind}{t} = data[pos]")
+        out.append(f"{ind}pos += 1")
+        self.read_length(n, path, out, ind)
+        out.append(f"{ind}if {n} > end - pos:")
+        out.append(
+            f"{ind}    raise dec_fail({p}, pos, f'an address of {{{n}}} bytes, {{end - pos}} "
+            "remain')"
+        )
+        out.append(f"{ind}try:")
+        out.append(f"{ind}    {a} = data[pos:pos + {n}].decode('utf-8')")
+        out.append(f"{ind}except UnicodeDecodeError:")
+        out.append(
+            f"{ind}    raise dec_fail({p}, pos, 'an address value that is not valid UTF-8') "
+            "from None"
+        )
+        out.append(f"{ind}if not {a}:")
+        out.append(f"{ind}    raise dec_fail({p}, pos, 'an empty address value')")
+        out.append(f"{ind}{x} = new_tuple(Address, ({t}, {a}))")
+        out.append(f"{ind}pos += {n}")
 
     def dec_list(self, node: _Node, x: str, path: str, out: List[str], ind: str) -> None:
         """A list, an array or a route: a count (or the array's length), then the items."""
@@ -1050,14 +1073,13 @@ class _Gen:
         namespace = dict(self.env)
         code = compile(source, f"<greenockam {self.codec} codec of {self.root.name}>", "exec")
         exec(code, namespace)  # noqa: S102 - source generated from the type declaration only
-        namespace["source"] = source
         return namespace
 
 
 class _Plan:
     """The compiled encoder and decoder of one type under one codec."""
 
-    __slots__ = ("encode", "encode_into", "decode", "decode_at", "source")
+    __slots__ = ("encode", "encode_into", "decode", "decode_at")
 
     def __init__(self, tp: Any, codec: str) -> None:
         namespace = _Gen(codec, _resolve(tp, {})).build()
@@ -1065,7 +1087,6 @@ class _Plan:
         self.encode_into: Callable[..., None] = namespace["encode_into"]
         self.decode: Callable[..., Any] = namespace["decode"]
         self.decode_at: Callable[..., Tuple[Any, int]] = namespace["decode_at"]
-        self.source: str = namespace["source"]
 
 
 def _lazy(tp: Any, codec: str, which: str) -> Callable[..., Any]:
