@@ -6,6 +6,7 @@ default options, ockam_core of April 2021); every case holds here in both direct
 
 import dataclasses
 import enum
+import importlib.util
 import json
 import os
 import random
@@ -22,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenockam import Address, LocalProtocolError, Node, RemoteProtocolError, Route, Worker
-from greenockam.codecs import typed
 from greenockam.codecs import (
     BARE,
     BINCODE,
@@ -41,6 +41,7 @@ from greenockam.codecs import (
     Char,
     Fixed,
     TaggedUnion,
+    typed,
 )
 from greenockam.transport.tcp import TcpTransport
 
@@ -99,7 +100,8 @@ class Triple(NamedTuple):
 
 
 class Sample(TaggedUnion):
-    """enum Sample { Ping, Pair(u16, String), Pong, Payload(Vec<u8>), Record { id: u32, name: String } }"""
+    """enum Sample { Ping, Pair(u16, String), Pong, Payload(Vec<u8>), Record { id: u32, name:
+    String } }"""
 
 
 @dataclass
@@ -341,7 +343,8 @@ def error_cases():
         tp = ERROR_TYPES[case["target_type"]]
         for fmt, result in case["results"].items():
             if not result.get("not_applicable"):
-                yield pytest.param(case["name"], tp, CODECS[fmt], result, id=f"{case['name']}-{fmt}")
+                ident = f"{case['name']}-{fmt}"
+                yield pytest.param(case["name"], tp, CODECS[fmt], result, id=ident)
 
 
 ERROR_CASES = list(error_cases())
@@ -520,12 +523,6 @@ class Group(Shape):
     items: List[Shape]
 
 
-@dataclass
-class KwOnly:
-    a: U8
-    b: str = "x"
-
-
 @dataclass(frozen=True)
 class Frozen:
     when: U64
@@ -616,8 +613,54 @@ def test_the_six_built_in_types_still_refuse_trailing_bytes_but_declared_types_i
     assert BARE.decode(b"\x01a!", Tuple[str]) == ("a",)
 
 
+POSTPONED = """
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from greenockam.codecs import U16, TaggedUnion
+
+
+@dataclass
+class Point:
+    x: U16
+    tags: List[str]
+    next: Optional[Point] = None
+
+
+class Event(TaggedUnion):
+    pass
+
+
+@dataclass
+class Moved(Event):
+    to: Point
+"""
+
+
+def test_types_declared_under_postponed_annotations_resolve_from_their_module(tmp_path):
+    path = tmp_path / "postponed_messages.py"
+    path.write_text(POSTPONED)
+    spec = importlib.util.spec_from_file_location("postponed_messages", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["postponed_messages"] = module
+    try:
+        spec.loader.exec_module(module)
+        value = module.Moved(module.Point(7, ["a"], module.Point(8, [])))
+        payload = BARE.encode(value)
+        assert payload == bytes.fromhex("00 0700 01 0161 01 0800 00 00".replace(" ", ""))
+        assert BARE.decode(payload, module.Event) == value
+    finally:
+        del sys.modules["postponed_messages"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="kw_only fields came in Python 3.10")
 def test_keyword_only_fields_are_passed_by_name():
-    assert BARE.decode(BARE.encode(KwOnly(3, "yz")), KwOnly) == KwOnly(3, "yz")
+    kw_only = dataclasses.make_dataclass("KwOnly", [("a", U8), ("b", str)], kw_only=True)
+    value = kw_only(b="yz", a=3)
+    assert BARE.encode(value) == b"\x03\x02yz"
+    assert BARE.decode(b"\x03\x02yz", kw_only) == value
 
 
 # --- property tests: generated types and values ---------------------------------------------------
