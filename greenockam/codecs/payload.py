@@ -12,7 +12,7 @@ docs/typed-messages.md). Values are never pickled or evaluated. Bad payloads rai
 :class:`~greenockam.errors.RemoteProtocolError`, an unsupported value raises
 :class:`~greenockam.errors.LocalProtocolError`, with either codec.
 
-The six built-in types decode strictly (bytes after the value are an error, as before typed
+The five built-in types decode strictly (bytes after the value are an error, as before typed
 messages existed); declared types ignore trailing bytes, as the Rust decoders do.
 """
 
