@@ -559,6 +559,25 @@ def test_a_recursive_type_names_the_path_through_its_levels(codec):
         codec.encode(Tree(1, [Tree(2), Tree(3, [Tree(400)])]))
 
 
+@CODEC_PARAMS
+def test_a_payload_nested_past_the_depth_limit_is_refused_not_a_stack_overflow(codec):
+    leaf = codec.encode(Tree(2))
+    level = codec.encode(Tree(1, [Tree(2)]))[: -len(leaf)]  # value 1, then a list of one
+    deep = level * 30000 + leaf  # Tree(1, [Tree(1, [... Tree(2) ...])]), 30000 levels
+    with pytest.raises(RemoteProtocolError, match=f"nested deeper than {typed.MAX_DEPTH} levels"):
+        codec.decoder(Tree)(deep)
+    assert codec.decoder(Tree)(level * 50 + leaf).value == 1  # 50 levels are fine
+
+
+@CODEC_PARAMS
+def test_a_value_nested_past_the_depth_limit_is_refused(codec):
+    tree = Tree(0)
+    for _ in range(typed.MAX_DEPTH + 1):
+        tree = Tree(1, [tree])
+    with pytest.raises(LocalProtocolError, match="nested deeper than"):
+        codec.encode(tree)
+
+
 def test_a_tuple_of_any_length_is_refused_at_declaration_with_a_hint():
     with pytest.raises(LocalProtocolError, match=r"declare List\[T\]"):
         BARE.encode(Frozen(1, ("a",)))

@@ -37,6 +37,7 @@ import dataclasses
 import enum
 import struct
 import sys
+import threading
 import types
 from typing import (
     Any,
@@ -446,8 +447,18 @@ def _char_utf8(data: bytes, pos: int, end: int) -> Optional[str]:
 
 _new_tuple = tuple.__new__
 
-_FORMATS = {"u16": "<H", "u32": "<I", "u64": "<Q", "i8": "b", "i16": "<h", "i32": "<i"}
-_FORMATS.update({"i64": "<q", "f32": "<f", "f64": "<d"})
+# The struct formats of the fixed-width types (u8 is a table lookup, 128 bits int.to_bytes).
+_FORMATS = {
+    "u16": "<H",
+    "u32": "<I",
+    "u64": "<Q",
+    "i8": "b",
+    "i16": "<h",
+    "i32": "<i",
+    "i64": "<q",
+    "f32": "<f",
+    "f64": "<d",
+}
 
 # Routes and addresses decoded by the bare codec, by their bytes, and the bare encodings of
 # addresses. Each is cleared wholesale when full: distinct values cost re-parsing, never memory.
@@ -463,6 +474,7 @@ def _encode_address(address: Address) -> bytes:
     if len(_encoded_addresses) >= _CACHE_SIZE:
         _encoded_addresses.clear()
     return encode_route(_new_tuple(Route, (address,)))[1:]
+
 
 # Every name the generated code uses but its own constants (classes, enum members).
 _ENV: Dict[str, Any] = {
@@ -489,9 +501,8 @@ _ENV: Dict[str, Any] = {
     "encode_address": _encode_address,
     "struct_error": struct.error,
 }
-for _name, _format in _FORMATS.items():
-    _ENV["pack_" + _name] = struct.Struct(_format).pack
-    _ENV["unpack_" + _name] = struct.Struct(_format).unpack_from
+_ENV.update({"pack_" + name: struct.Struct(f).pack for name, f in _FORMATS.items()})
+_ENV.update({"unpack_" + name: struct.Struct(f).unpack_from for name, f in _FORMATS.items()})
 
 # Zero-sized items (unit, empty structs) take no bytes, so a length cannot be checked against
 # the bytes left; more than this many is refused rather than looped over.
@@ -1089,12 +1100,28 @@ class _Plan:
         self.decode_at: Callable[..., Tuple[Any, int]] = namespace["decode_at"]
 
 
+# How deeply a recursive type may nest in one message: a peer must not be able to exhaust the
+# stack with a payload of a few kilobytes (each level takes two bytes or so).
+MAX_DEPTH = 100
+_nesting = threading.local()  # greenlets switch only between messages: one count per thread
+
+
 def _lazy(tp: Any, codec: str, which: str) -> Callable[..., Any]:
-    """A function calling ``which`` of ``tp``'s plan, looked up when called: a recursive type
-    calls its own plan, which does not exist yet while its code is generated."""
+    """A function calling ``which`` (``encode_into`` or ``decode_at``) of ``tp``'s plan, looked
+    up when called: a recursive type calls its own plan, which does not exist yet while its code
+    is generated. It counts the nesting and refuses more than :data:`MAX_DEPTH` levels."""
 
     def call(*args: Any) -> Any:
-        return getattr(_plan(tp, codec), which)(*args)
+        depth = getattr(_nesting, "depth", 0)
+        if depth >= MAX_DEPTH:
+            if which == "decode_at":
+                raise _dec_fail(args[3], args[1], f"nested deeper than {MAX_DEPTH} levels")
+            raise _enc_fail(args[2], f"nested deeper than {MAX_DEPTH} levels")
+        _nesting.depth = depth + 1
+        try:
+            return getattr(_plan(tp, codec), which)(*args)
+        finally:
+            _nesting.depth = depth
 
     return call
 
