@@ -1082,7 +1082,10 @@ class _Gen:
             ]
         )
         namespace = dict(self.env)
-        code = compile(source, f"<greenockam {self.codec} codec of {self.root.name}>", "exec")
+        try:
+            code = compile(source, f"<greenockam {self.codec} codec of {self.root.name}>", "exec")
+        except (SyntaxError, RecursionError, MemoryError) as exc:  # ~20 nested loops at most
+            raise TypeError(f"{self.root.name} nests too deeply to compile ({exc})") from None
         exec(code, namespace)  # noqa: S102 - source generated from the type declaration only
         return namespace
 
