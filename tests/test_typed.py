@@ -578,6 +578,12 @@ def test_a_value_nested_past_the_depth_limit_is_refused(codec):
         codec.encode(tree)
 
 
+@pytest.mark.parametrize("key", [List[U8], Inner, Sample], ids=["list", "dataclass", "enum"])
+def test_a_dict_key_whose_values_are_unhashable_is_refused_at_declaration(key):
+    with pytest.raises(LocalProtocolError, match="cannot be a dict key"):
+        BARE.decoder(Dict[key, U8])
+
+
 def test_a_tuple_of_any_length_is_refused_at_declaration_with_a_hint():
     with pytest.raises(LocalProtocolError, match=r"declare List\[T\]"):
         BARE.encode(Frozen(1, ("a",)))

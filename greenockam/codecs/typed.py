@@ -253,6 +253,8 @@ def _resolve(tp: Any, named: Dict[Any, _Node]) -> _Node:
         if key is None:
             raise TypeError("a dict needs its key and value types: Dict[str, U32], ...")
         children = [_resolve(key, named), _resolve(value, named)]
+        if not _hashable(children[0], ()):
+            raise TypeError(f"{key!r} cannot be a dict key: its decoded values are not hashable")
         return _Node("map", f"Map<{children[0].name}, {children[1].name}>", children=children)
     if origin in _UNION_TYPES:
         options = [a for a in get_args(tp) if a is not type(None)]
@@ -266,6 +268,17 @@ def _resolve(tp: Any, named: Dict[Any, _Node]) -> _Node:
     if isinstance(tp, type):
         return _resolve_class(tp, named)
     raise TypeError(f"{tp!r} is not a supported message type")
+
+
+def _hashable(node: _Node, seen: Tuple[_Node, ...]) -> bool:
+    """Whether every decoded value of ``node`` can be a dict key."""
+    if node.kind in ("list", "array", "map"):
+        return False
+    if node in seen:
+        return True
+    if node.kind == "struct" and getattr(node.cls, "__hash__", None) is None:
+        return False  # a dataclass with eq=True that is neither frozen nor unsafe_hash
+    return all(_hashable(child, seen + (node,)) for child in node.children)
 
 
 def _resolve_annotated(tp: Any, base: Any, meta: List[Any], named: Dict[Any, _Node]) -> _Node:
