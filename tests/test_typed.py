@@ -4,6 +4,7 @@ typed_vectors.json was produced by the real Rust crates (serde_bare 0.3 and 0.4,
 default options, ockam_core of April 2021); every case holds here in both directions.
 """
 
+import collections
 import dataclasses
 import enum
 import importlib.util
@@ -582,6 +583,12 @@ def test_a_value_nested_past_the_depth_limit_is_refused(codec):
 def test_a_dict_key_whose_values_are_unhashable_is_refused_at_declaration(key):
     with pytest.raises(LocalProtocolError, match="cannot be a dict key"):
         BARE.decoder(Dict[key, U8])
+
+
+def test_a_namedtuple_without_annotations_is_refused_naming_the_field():
+    plain = collections.namedtuple("Plain", "a b")
+    with pytest.raises(LocalProtocolError, match=r"Plain\.a has no type annotation"):
+        BARE.encode(plain(1, 2))
 
 
 def test_a_tuple_of_any_length_is_refused_at_declaration_with_a_hint():

@@ -241,6 +241,8 @@ def _resolve(tp: Any, named: Dict[Any, _Node]) -> _Node:
         child = _resolve(item, named)
         return _Node("list", f"Vec<{child.name}>", children=[child])
     if origin in (tuple, Tuple):
+        if tp is Tuple:
+            raise TypeError("a tuple needs its item types: Tuple[U8, str], ...")
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             raise TypeError("Tuple[T, ...] has no fixed length: declare List[T] for a Vec<T>")
@@ -367,6 +369,9 @@ def _resolve_struct(cls: type, named: Dict[Any, _Node], register: bool) -> _Node
         node.args = ()
     else:
         raise TypeError(f"the variant {cls.__qualname__} must be a dataclass")
+    missing = [name for name in node.fields if name not in hints]
+    if missing:
+        raise TypeError(f"{cls.__qualname__}.{missing[0]} has no type annotation")
     node.children = [_resolve(hints[name], named) for name in node.fields]
     return node
 
