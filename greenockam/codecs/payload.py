@@ -1,6 +1,6 @@
 """Payload codecs: how a message body becomes the opaque payload bytes of a TransportMessage.
 
-Two codecs, as Rust Ockam had them (PROTOCOL.md section 5):
+Two codecs, as Rust Ockam had them (docs/protocol.md, section 5):
 
 * ``bare`` (the default): BARE, used by Rust Ockam from ``ockam_core`` 0.7 on.
 * ``bincode``: the seed example's crates (``ockam_core`` 0.6.0).
