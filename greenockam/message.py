@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any
+from typing import Any, Tuple
 
 from .address import Address, Route
 from .wire import TransportMessage
@@ -13,7 +13,7 @@ __all__ = ["Routed"]
 _new_tuple = tuple.__new__
 
 
-class Routed(tuple):
+class Routed(Tuple[int, Route, Route, bytes, Address, Any]):
     """A received message with its routes and decoded body, as Ockam's ``Routed<M>``.
 
     Immutable; a tuple ``(version, onward_route, return_route, payload, address, body)`` so
@@ -35,7 +35,7 @@ class Routed(tuple):
         doc="The payload decoded with the receiver's codec and message type (``str`` by default).",
     )
 
-    def __new__(cls, message: TransportMessage, address: Address, body: Any) -> "Routed":
+    def __new__(cls, message: TransportMessage, address: Address, body: Any) -> Routed:
         return _new_tuple(cls, message + (address, body))
 
     @property

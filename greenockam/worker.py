@@ -30,16 +30,16 @@ class Worker:
     message_type: Any = str
     codec: Optional[Codec] = None
 
-    def initialize(self, ctx: "Context") -> None:
+    def initialize(self, ctx: Context) -> None:
         """Called in the worker's greenlet before the first message.
 
         If it raises, the worker is not started and ``start_worker`` raises
         :class:`~greenockam.errors.WorkerInitError`.
         """
 
-    def handle_message(self, ctx: "Context", msg: "Routed") -> None:
+    def handle_message(self, ctx: Context, msg: Routed) -> None:
         """Handle one message. Override this."""
         raise NotImplementedError(f"{type(self).__name__} must override handle_message")
 
-    def shutdown(self, ctx: "Context") -> None:
+    def shutdown(self, ctx: Context) -> None:
         """Called in the worker's greenlet when it stops (``stop_worker`` or ``Node.stop``)."""

@@ -24,13 +24,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="greenockam echo client")
     parser.add_argument("address", nargs="?", default="127.0.0.1:10222", help="server HOST:PORT")
     parser.add_argument("--message", default="Hello you over there!")
-    parser.add_argument("--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"')
+    parser.add_argument(
+        "--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"'
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
     add_common_options(parser)
     args = parser.parse_args(argv)
     try:
         parse_host_port(args.address)
-        route = Route.parse(args.route) if args.route else Route([f"1#{args.address}", "echo_service"])
+        if args.route:
+            route = Route.parse(args.route)
+        else:
+            route = Route([f"1#{args.address}", "echo_service"])
     except ValueError:
         print("Usage: echo_client.py <ip>:<port> [--route ROUTE]", file=sys.stderr)
         return 1

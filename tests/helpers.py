@@ -66,7 +66,7 @@ def recv_exact(sock, n, timeout=WAIT):
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
             raise AssertionError(
-                "connection closed after %d of %d bytes: %r" % (len(buf), n, bytes(buf[:200]))
+                f"connection closed after {len(buf)} of {n} bytes: {bytes(buf[:200])!r}"
             )
         buf += chunk
     return bytes(buf)
@@ -84,4 +84,4 @@ def assert_closed_by_peer(sock, timeout=WAIT):
         data = sock.recv(1)
     except ConnectionResetError:
         return
-    assert data == b"", "expected the connection to be closed, got %r" % data
+    assert data == b"", f"expected the connection to be closed, got {data!r}"

@@ -280,9 +280,9 @@ def test_middleware_hop_pops_itself_and_prepends_to_the_return_route():
 def test_empty_route_has_no_next_hop_recipient_or_front():
     empty = Route()
     with pytest.raises(RouteError):
-        empty.next
+        _ = empty.next
     with pytest.raises(RouteError):
-        empty.recipient
+        _ = empty.recipient
     with pytest.raises(RouteError):
         empty.pop_front()
 

@@ -9,7 +9,7 @@ or its own logging).
 
 import collections
 import os
-import pickle
+import pickle  # noqa: TID251 (builds a pickle exploit to prove payloads are never unpickled)
 import random
 import re
 import signal
@@ -337,9 +337,10 @@ _ECHO_BODY = frame(["echo_service"], ["app"], BARE.encode("hello"))[2:]
 _RNG = random.Random(20210325)
 _RANDOM_BODY = bytes(_RNG.randrange(256) for _ in range(64))
 _UNFINISHED = object()  # a frame announced at 65535 bytes, 1000 of them sent, then EOF
+_APP_RETURN_ROUTE = b"\x01" + address_bytes(0, b"app")
 
 
-def _body(onward_raw, return_raw=b"\x01" + address_bytes(0, b"app"), rest=b"\x00"):
+def _body(onward_raw, return_raw=_APP_RETURN_ROUTE, rest=b"\x00"):
     return raw_frame(b"\x01" + onward_raw + return_raw + rest)
 
 
@@ -403,7 +404,7 @@ def _check_own_connection(peer, effect):
 
 
 def test_bad_input_vectors_are_what_they_claim():
-    for name, data, effect, _ in BAD_INPUTS:
+    for _name, data, effect, _ in BAD_INPUTS:
         if data is _UNFINISHED:
             continue
         if effect == "malformed":

@@ -97,7 +97,7 @@ def test_the_reference_encoder_of_these_tests_reproduces_the_vectors():
 def peer_name(sockaddr):
     """A socket address as Rust prints it, computed here independently of greenockam."""
     host, port = sockaddr[0], sockaddr[1]
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 
@@ -202,7 +202,7 @@ class LogLines:
         def found():
             return any(all(p in line for p in parts) for line in self.lines)
 
-        failure = AssertionError("no log line with %r in %r" % (parts, self.lines))
+        failure = AssertionError(f"no log line with {parts!r} in {self.lines!r}")
         with gevent.Timeout(timeout, failure):
             while not found():
                 self._new.clear()
@@ -366,13 +366,13 @@ def test_concurrent_first_sends_to_one_peer_open_exactly_one_connection(net):
     node, tcp, _ = net.node()
 
     route = ["1#" + address, "echo_service"]
-    senders = [gevent.spawn(node.send, route, "message %d" % i) for i in range(20)]
+    senders = [gevent.spawn(node.send, route, f"message {i}") for i in range(20)]
     gevent.joinall(senders, timeout=T)
     assert [g.exception for g in senders] == [None] * 20
     assert all(g.successful() for g in senders)
     bodies = sorted(node.receive(timeout=T).body for _ in range(20))
 
-    assert bodies == sorted("message %d" % i for i in range(20))
+    assert bodies == sorted(f"message {i}" for i in range(20))
     assert server_tcp.statistics()["connections_accepted"] == 1
     assert tcp.statistics()["connections_opened"] == 1
 
@@ -396,7 +396,7 @@ def test_an_explicit_connect_opens_the_connection_that_later_sends_use(net):
 def test_a_host_name_address_connects_and_keys_the_connection_by_that_name(net):
     _, _, address = net.node(listen=True, echo=True)
     node, tcp, _ = net.node()
-    by_name = "localhost:%d" % split_host_port(address)[1]
+    by_name = f"localhost:{split_host_port(address)[1]}"
 
     node.send(["1#" + by_name, "echo_service"], HELLO)
     reply = node.receive(timeout=T)
@@ -500,11 +500,11 @@ def test_ten_thousand_frames_queued_in_one_go_arrive_intact_and_in_order(net):
     others_ran = []
     gevent.spawn(others_ran.append, True)
     for i in range(10000):
-        node.send(route, "message %d" % i)
+        node.send(route, f"message {i}")
     assert others_ran == [], "sending on an open connection should not yield"
 
     expected = b"".join(
-        ref_frame(["0#sink"], ["0#app"], bare_str("message %d" % i)) for i in range(10000)
+        ref_frame(["0#sink"], ["0#app"], bare_str(f"message {i}")) for i in range(10000)
     )
     assert recv_exact(peer, len(expected)) == expected
 
@@ -663,6 +663,6 @@ def test_the_default_bind_address_is_the_ipv4_loopback(net, spec):
 
     host, port = split_host_port(address)
     assert host == "127.0.0.1" and port > 0
-    raw = net.connect("127.0.0.1:%d" % port)
+    raw = net.connect(f"127.0.0.1:{port}")
     raw.sendall(FRAMES["echo_request_bare"])
     assert recv_exact(raw, len(FRAMES["echo_reply_bare"])) == FRAMES["echo_reply_bare"]

@@ -98,8 +98,12 @@ def test_vector_frame_decodes_to_exactly_its_routes_and_payload(entry):
     assert decoded.version == 1
     assert decoded.onward_route == Route(entry["onward"])
     assert decoded.return_route == Route(entry["return"])
-    assert [str(a) for a in decoded.onward_route] == [str(Address.parse(a)) for a in entry["onward"]]
-    assert [str(a) for a in decoded.return_route] == [str(Address.parse(a)) for a in entry["return"]]
+    assert [str(a) for a in decoded.onward_route] == [
+        str(Address.parse(a)) for a in entry["onward"]
+    ]
+    assert [str(a) for a in decoded.return_route] == [
+        str(Address.parse(a)) for a in entry["return"]
+    ]
     assert type(decoded.onward_route) is Route and type(decoded.return_route) is Route
     assert all(type(a) is Address for a in decoded.onward_route + decoded.return_route)
     assert decoded.payload == bytes.fromhex(entry["payload_hex"])
@@ -453,7 +457,7 @@ def test_decoder_never_buffers_more_than_the_current_incomplete_frame():
     messages = []
     for i in range(60):
         size = rng.choice([0, 1, 127, 128, 5000, 30000, 65000])
-        messages.append(msg(["echo_%d" % (i % 7)], ["app"], bytes([i]) * size))
+        messages.append(msg([f"echo_{i % 7}"], ["app"], bytes([i]) * size))
     frames = [encode_frame(m) for m in messages]
     stream = b"".join(frames)
     boundaries = [0]
@@ -478,9 +482,7 @@ def test_decoder_never_buffers_more_than_the_current_incomplete_frame():
 
 def test_routes_stay_correct_after_more_distinct_routes_than_the_caches_hold():
     def route_pair(i):
-        return Route(["1#10.0.%d.%d:%d" % (i // 256, i % 256, 1000 + i), "w%d" % i]), Route(
-            ["app%d" % (i * 7)]
-        )
+        return Route([f"1#10.0.{i // 256}.{i % 256}:{1000 + i}", f"w{i}"]), Route([f"app{i * 7}"])
 
     count = 5000
     decoder = FrameDecoder()
