@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import struct
+from typing import List
 
 import gevent
 import gevent.socket
@@ -497,7 +498,7 @@ def test_ten_thousand_frames_queued_in_one_go_arrive_intact_and_in_order(net):
     peer = net.accept(listener)
     assert recv_frame(peer) == ref_frame(["0#sink"], ["0#app"], bare_str("first"))
 
-    others_ran = []
+    others_ran: List[bool] = []
     gevent.spawn(others_ran.append, True)
     for i in range(10000):
         node.send(route, f"message {i}")
