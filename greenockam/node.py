@@ -26,7 +26,6 @@ from loguru import logger
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
 from .codecs import Codec, get_codec
 from .context import Context
-from .faults import FaultLog, format_traceback, printable
 from .errors import (
     AddressError,
     AddressInUse,
@@ -39,6 +38,7 @@ from .errors import (
     UnknownAddress,
     WorkerInitError,
 )
+from .faults import FaultLog, format_traceback, printable
 from .message import Routed
 from .router import Router
 from .transport.base import Cancel, Endpoint, Outlet, Source, Transport

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import gevent
 from gevent.event import Event
@@ -122,7 +122,7 @@ class Soak:
         return lost, duplicated
 
 
-def start_server() -> "tuple[subprocess.Popen, str]":
+def start_server() -> Tuple["subprocess.Popen[str]", str]:
     env = dict(os.environ)  # the server runs the same greenockam as this client
     root = os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -132,6 +132,7 @@ def start_server() -> "tuple[subprocess.Popen, str]":
         universal_newlines=True,
         env=env,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()  # "echo_service listening on HOST:PORT"
     if "listening on" not in line:
         proc.kill()
@@ -204,6 +205,7 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             server_exit = proc.wait()
+        assert proc.stdout is not None  # stdout=PIPE
         proc.stdout.close()
 
     lost, duplicated = soak.verdict()

@@ -37,7 +37,6 @@ from greenockam import (
     WorkerInitError,
 )
 from greenockam.address import Route
-
 from helpers import live_greenlets
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,6 +162,10 @@ class RecordingSource:
         self.calls.append("resume")
         self.depths.append(self._depth() if self._depth else None)
         self.resumed.set()
+
+    def read(self):
+        """Part of the ``Source`` protocol, but ``Node.deliver`` never reads its source."""
+        raise AssertionError("Node.deliver read its source")
 
 
 class RecordingTransport:
@@ -439,7 +442,7 @@ def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(
     elapsed = time.monotonic() - started
 
     assert 0.15 <= elapsed < 2.0
-    assert blocker.greenlet.dead
+    assert blocker.greenlet is not None and blocker.greenlet.dead
     assert blocker.shutdowns == 1
     assert node.statistics()["workers"] == 0
 
