@@ -690,7 +690,9 @@ def test_types_declared_under_postponed_annotations_resolve_from_their_module(tm
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="kw_only fields came in Python 3.10")
 def test_keyword_only_fields_are_passed_by_name():
-    kw_only = dataclasses.make_dataclass("KwOnly", [("a", U8), ("b", str)], kw_only=True)
+    kw_only = dataclasses.make_dataclass(  # type: ignore[call-arg,unused-ignore]  # 3.10+ only
+        "KwOnly", [("a", U8), ("b", str)], kw_only=True
+    )
     value = kw_only(b="yz", a=3)
     assert BARE.encode(value) == b"\x03\x02yz"
     assert BARE.decode(b"\x03\x02yz", kw_only) == value
