@@ -16,16 +16,28 @@ Three processes besides this one, so that no two share an interpreter lock:
   closed and control characters; then, in half of the connections, random bytes, a mutated or a
   truncated frame), closing at once without reading a byte, about ``--rate`` frames a second.
 
-Afterwards ``echo_client.py`` asks the server for one more echo over a new connection. Prints the
-legitimate client's echoes, failures and latencies, the attack's frames and rate, the server's log
-line count, the log lines with a raw control character, the server's RSS (``VmRSS`` of
-``/proc/PID/status``) before, at its peak and after, then a verdict line on the targets and a
-JSON line with every figure. Exits 0 if every target holds, 1 if one does not, 2 if the test
-could not be run (the server would not start, a helper process failed).
+Afterwards ``echo_client.py`` asks the server for one more echo over a new connection, the server
+is stopped with SIGTERM and its log is read. Prints:
+
+* the legitimate client's echoes, failures (timeouts and errors) and latency: p50 and p99 of the
+  echoes that came back, and the longest wait of any request, one that failed included;
+* the attack's frames by kind, their rate and the attacker's connections and errors (the rate is
+  what the machine and the server's TCP backpressure allowed, at most ``--rate``);
+* the server's log lines (all of them, written before and after the stop: a server that queued
+  the attack logs its backlog as it stops), the lines with a raw control character (a byte below
+  0x20 other than the line's end, or 0x7f) and the lines forged by a raw newline in an address;
+* the server's RSS (``VmRSS`` of ``/proc/PID/status``) before the attack, at its peak (sampled
+  every 0.1 s) and after the final echo; whether the server was alive and answered the final
+  echo, and its exit code;
+
+then a verdict line on the targets and a JSON line with every figure. Exits 0 if every target
+holds, 1 if one does not, 2 if the test could not be run (the server would not start, a helper
+process failed).
 
 The default targets are those of the project's issue 15 for a 20 s attack: no failure, worst
 latency at most 1 s, at least 5,000 echoes in the 18 s measured, at most 5,000 log lines, none
-with a raw control character, RSS growth at most 32 MiB, the server alive and serving afterwards.
+with a raw control character (nor forged by one), RSS growth (after minus before) at most
+32 MiB, the server alive and serving afterwards. Each is an option.
 
 ``attack.py attacker ADDRESS ...`` and ``attack.py legit ADDRESS ...`` are the two helper
 processes; they are started by the main command and not meant to be run by hand.
