@@ -182,6 +182,7 @@ class Attacker:
         self.counts: list[Counter] = [Counter() for _ in range(threads)]
         self.errors: list[Counter] = [Counter() for _ in range(threads)]
         self.connections = [0] * threads
+        self.waits = [0.0] * threads  # seconds each thread spent in connect and send
 
     def run(self, seconds: float) -> dict[str, Any]:
         start = time.monotonic()
@@ -202,6 +203,7 @@ class Attacker:
             "seconds": round(elapsed, 3),
             "rate": round(frames / elapsed),
             "connections": sum(self.connections),
+            "waiting": round(sum(self.waits) / (self.threads * elapsed), 3),
             "kinds": dict(sorted(kinds.items())),
             "errors": dict(sorted(errors.items())),
             "threads_stuck": sum(w.is_alive() for w in workers),
@@ -227,10 +229,12 @@ class Attacker:
                 tail = rng.choice(TAILS)
                 batch.append(tail)
                 parts.append(self.tail(rng, tail, parts[-1]))
+            waited = time.monotonic()
             try:
                 sock = socket.create_connection(self.address, timeout=2.0)
             except OSError as exc:
                 errors["connect_" + type(exc).__name__] += 1
+                self.waits[index] += time.monotonic() - waited
                 continue
             try:
                 port = sock.getsockname()[1]
@@ -243,6 +247,7 @@ class Attacker:
                 sent += len(batch)
             finally:
                 sock.close()
+            self.waits[index] += time.monotonic() - waited
             self.connections[index] += 1
             if port:
                 self.closed_ports.append(port)
@@ -554,6 +559,7 @@ def run(args: argparse.Namespace, log_path: str) -> dict[str, Any]:
         "attack_rate": attack["rate"],
         "attack_seconds": attack["seconds"],
         "attack_connections": attack["connections"],
+        "attack_waiting": attack["waiting"],
         "attack_kinds": attack["kinds"],
         "attack_errors": attack["errors"],
         "log_lines": lines,
@@ -580,8 +586,8 @@ def report(f: dict[str, Any]) -> None:
     errors = ", ".join(f"{k} {n:,}" for k, n in f["attack_errors"].items()) or "none"
     print(
         f"attacker: {f['attack_frames']:,} frames in {f['attack_seconds']:g} s "
-        f"({f['attack_rate']:,} frames/s) over {f['attack_connections']:,} connections; "
-        f"errors: {errors}"
+        f"({f['attack_rate']:,} frames/s) over {f['attack_connections']:,} connections, "
+        f"{f['attack_waiting']:.0%} of the threads' time in connect and send; errors: {errors}"
     )
     print("  frames: " + ", ".join(f"{k} {n:,}" for k, n in f["attack_kinds"].items()))
     print(

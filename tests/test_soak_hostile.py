@@ -37,6 +37,7 @@ FIGURES = {
     "attack_rate": int,
     "attack_seconds": float,
     "attack_connections": int,
+    "attack_waiting": float,
     "attack_kinds": dict,
     "attack_errors": dict,
     "log_lines": int,
