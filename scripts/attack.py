@@ -132,30 +132,30 @@ def long_name(rng: random.Random) -> str:
     return "unknown-" + format(rng.getrandbits(4 * rng.randrange(200, 4000)), "x")
 
 
-def frame_kinds(rng: random.Random) -> dict[str, Any]:
-    """Kind -> a function of (rng, closed ports) giving one frame of that kind."""
+def closed_hop(rng: random.Random, closed: Sequence[int]) -> Addr:
+    """The TCP hop of one of the connections the attacker has closed (a guess before any)."""
+    return tcp_hop(rng.choice(closed) if closed else rng.randrange(32768, 61000))
 
-    def closed_hop(closed: Sequence[int]) -> Addr:
-        return tcp_hop(rng.choice(closed) if closed else rng.randrange(32768, 61000))
 
-    return {
-        # answered into this connection, which is closed by then
-        "echo": lambda r, c: frame([ECHO], [APP], "hostile echo"),
-        # answered along a return route through a connection the attacker closed before
-        "echo_via_closed_hop": lambda r, c: frame([ECHO], [closed_hop(c), APP], "via a gone hop"),
-        # answered along a return route of random TCP hops and control characters
-        "echo_odd_return": lambda r, c: frame(
-            [ECHO],
-            [tcp_hop(r.randrange(1, 65536)), (0, evil_name(r)), tcp_hop(r.randrange(1, 65536))],
-            "odd return",
-        ),
-        "unknown_local": lambda r, c: frame([(0, long_name(r))], [APP], "to nobody"),
-        "control_local": lambda r, c: frame([(0, evil_name(r))], [(0, evil_name(r))], "evil"),
-        "type_9": lambda r, c: frame([(9, f"nine-{r.randrange(1 << 30)}"), ECHO], [APP], "nine"),
-        "random_tcp_hop": lambda r, c: frame(
-            [tcp_hop(r.randrange(1, 65536)), ECHO], [(0, evil_name(r))], "dial me"
-        ),
-    }
+# Kind -> a function of (rng, closed ports) giving one frame of that kind.
+KINDS = {
+    # answered into this connection, which is closed by then
+    "echo": lambda r, c: frame([ECHO], [APP], "hostile echo"),
+    # answered along a return route through a connection the attacker closed before
+    "echo_via_closed_hop": lambda r, c: frame([ECHO], [closed_hop(r, c), APP], "gone hop"),
+    # answered along a return route of random TCP hops and control characters
+    "echo_odd_return": lambda r, c: frame(
+        [ECHO],
+        [tcp_hop(r.randrange(1, 65536)), (0, evil_name(r)), tcp_hop(r.randrange(1, 65536))],
+        "odd return",
+    ),
+    "unknown_local": lambda r, c: frame([(0, long_name(r))], [APP], "to nobody"),
+    "control_local": lambda r, c: frame([(0, evil_name(r))], [(0, evil_name(r))], "evil"),
+    "type_9": lambda r, c: frame([(9, f"nine-{r.randrange(1 << 30)}"), ECHO], [APP], "nine"),
+    "random_tcp_hop": lambda r, c: frame(
+        [tcp_hop(r.randrange(1, 65536)), ECHO], [(0, evil_name(r))], "dial me"
+    ),
+}
 
 
 WEIGHTS = {
@@ -206,12 +206,10 @@ class Attacker:
             "waiting": round(sum(self.waits) / (self.threads * elapsed), 3),
             "kinds": dict(sorted(kinds.items())),
             "errors": dict(sorted(errors.items())),
-            "threads_stuck": sum(w.is_alive() for w in workers),
         }
 
     def attack(self, index: int, start: float, end: float) -> None:
         rng = random.Random(self.seed * 1000 + index)
-        kinds = frame_kinds(rng)
         names, weights = list(WEIGHTS), list(WEIGHTS.values())
         counts, errors = self.counts[index], self.errors[index]
         share = self.rate / self.threads if self.rate > 0 else 0.0
@@ -224,7 +222,7 @@ class Attacker:
                 time.sleep(min(sent / share - (now - start), end - now))
                 continue
             batch = rng.choices(names, weights, k=rng.randint(1, 40))
-            parts = [kinds[k](rng, self.closed_ports) for k in batch]
+            parts = [KINDS[k](rng, self.closed_ports) for k in batch]
             if rng.random() < 0.5:
                 tail = rng.choice(TAILS)
                 batch.append(tail)
@@ -256,7 +254,8 @@ class Attacker:
     def tail(rng: random.Random, kind: str, valid: bytes) -> bytes:
         """What ends a batch: bytes after which the server cannot read the stream on."""
         if kind == "random_bytes":
-            return os.urandom(rng.randrange(1, 300))
+            size = rng.randrange(1, 300)
+            return rng.getrandbits(8 * size).to_bytes(size, "little")
         if kind == "mutated_frame":
             mutated = bytearray(valid)
             for _ in range(rng.randint(1, 4)):
@@ -581,7 +580,8 @@ def report(f: dict[str, Any]) -> None:
     print(
         f"legitimate client: {f['echoes']:,} echoes in {f['measured_seconds']:g} s, "
         f"{f['failures']:,} failures{f' ({failures})' if failures else ''}, latency "
-        f"p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, max {f['max_ms']:.2f} ms"
+        + (f"p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, " if f["echoes"] else "")
+        + f"max {f['max_ms']:.2f} ms"
     )
     errors = ", ".join(f"{k} {n:,}" for k, n in f["attack_errors"].items()) or "none"
     print(
