@@ -24,8 +24,9 @@ is stopped with SIGTERM and its log is read. Prints:
 * the attack's frames by kind, their rate and the attacker's connections and errors (the rate is
   what the machine and the server's TCP backpressure allowed, at most ``--rate``);
 * the server's log lines (all of them, written before and after the stop: a server that queued
-  the attack logs its backlog as it stops), the lines with a raw control character (a byte below
-  0x20 other than the line's end, or 0x7f) and the lines forged by a raw newline in an address;
+  the attack logs its backlog as it stops) by level and source, the lines with a raw control
+  character (a byte below 0x20 other than the line's end, or 0x7f) and the lines forged by a raw
+  newline in an address;
 * the server's RSS (``VmRSS`` of ``/proc/PID/status``) before the attack, at its peak (sampled
   every 0.1 s) and after the final echo; whether the server was alive and answered the final
   echo, and its exit code;
@@ -71,6 +72,8 @@ CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]")
 # The attacker puts a newline and then this before some addresses: a log line starting with it
 # was forged by a raw newline.
 FORGED = b"FORGED "
+# The start of a line in loguru's default format: time | level | module (its first part)
+LOG_HEADER = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+) *\| (\w+)")
 
 Addr = Tuple[int, str]  # (type, value) of one address
 
@@ -431,9 +434,12 @@ def result_of(proc: subprocess.Popen[bytes], what: str, timeout: float) -> dict[
     return result
 
 
-def scan_log(path: str) -> tuple[int, int, int]:
-    """(lines, lines with a raw control character, lines forged by a raw newline)."""
+def scan_log(path: str) -> dict[str, Any]:
+    """The log's lines: how many, how many with a raw control character, how many forged by a
+    raw newline, and how many of each level and source (``"WARNING greenockam"``: lines of
+    loguru's default format; ``"other"``: the rest, traceback lines mostly)."""
     lines = control = forged = 0
+    kinds: Counter = Counter()
     with open(path, "rb") as log:
         for line in log:
             lines += 1
@@ -441,7 +447,14 @@ def scan_log(path: str) -> tuple[int, int, int]:
                 control += 1
             if line.startswith(FORGED):
                 forged += 1
-    return lines, control, forged
+            header = LOG_HEADER.match(line)
+            kinds[b"%s %s" % header.groups() if header else b"other"] += 1
+    return {
+        "lines": lines,
+        "control": control,
+        "forged": forged,
+        "kinds": {k.decode("ascii", "replace"): n for k, n in sorted(kinds.items())},
+    }
 
 
 def final_echo(env: dict[str, str], address: str, timeout: float) -> bool:
@@ -542,14 +555,14 @@ def run(args: argparse.Namespace, log_path: str) -> dict[str, Any]:
         served = alive and final_echo(env, address, args.final_timeout)
         rss_after = rss_kb(server.pid) or 0
         rss_peak = max(rss_peak, rss_after)
-        lines_before_stop = scan_log(log_path)[0]
+        lines_before_stop = scan_log(log_path)["lines"]
     finally:
         for proc in helpers:
             end_process(proc)
         server_exit = end_process(server, 30)
         if server.stdout is not None:
             server.stdout.close()
-    lines, control, forged = scan_log(log_path)
+    scan = scan_log(log_path)
     return {
         **{k: client[k] for k in ("echoes", "failures", "p50_ms", "p99_ms", "max_ms")},
         "failure_kinds": client["failure_kinds"],
@@ -561,10 +574,11 @@ def run(args: argparse.Namespace, log_path: str) -> dict[str, Any]:
         "attack_waiting": attack["waiting"],
         "attack_kinds": attack["kinds"],
         "attack_errors": attack["errors"],
-        "log_lines": lines,
+        "log_lines": scan["lines"],
         "log_lines_before_stop": lines_before_stop,
-        "log_control_lines": control,
-        "log_forged_lines": forged,
+        "log_control_lines": scan["control"],
+        "log_forged_lines": scan["forged"],
+        "log_kinds": scan["kinds"],
         "rss_before_kib": rss_before,
         "rss_peak_kib": rss_peak,
         "rss_after_kib": rss_after,
@@ -595,6 +609,7 @@ def report(f: dict[str, Any]) -> None:
         f"stopped), {f['log_control_lines']:,} with a raw control character, "
         f"{f['log_forged_lines']:,} forged by a raw newline"
     )
+    print("  lines: " + ", ".join(f"{k} {n:,}" for k, n in f["log_kinds"].items()))
     print(
         f"server RSS: before {f['rss_before_kib']:,} KiB, peak {f['rss_peak_kib']:,} KiB, "
         f"after {f['rss_after_kib']:,} KiB ({f['rss_growth_kib'] / 1024:+.1f} MiB)"

@@ -44,6 +44,7 @@ FIGURES = {
     "log_lines_before_stop": int,
     "log_control_lines": int,
     "log_forged_lines": int,
+    "log_kinds": dict,
     "rss_before_kib": int,
     "rss_peak_kib": int,
     "rss_after_kib": int,
@@ -96,3 +97,4 @@ def test_a_short_hostile_run_reports_every_figure_and_the_server_survives(tmp_pa
     assert figures["attack_connections"] > 0
     with open(str(log), "rb") as f:
         assert figures["log_lines"] == f.read().count(b"\n") > 0
+    assert sum(figures["log_kinds"].values()) == figures["log_lines"]
