@@ -630,26 +630,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="greenockam hostile load test (issue 15)",
         epilog="attack.py attacker|legit ADDRESS ...: the helper processes (not for use by hand)",
     )
-    add = parser.add_argument
-    add("--seconds", type=float, default=20.0, help="length of the attack (default 20)")
-    add("--measure", type=float, help="seconds the legitimate client echoes, in the middle of "
-        "the attack (default: 90 %% of --seconds)")  # fmt: skip
-    add("--attackers", type=int, default=16, help="attacker threads (default 16)")
-    add("--rate", type=float, default=30_000, help="attack frames per second, all threads "
-        "together; 0 for as fast as they can (default 30000)")  # fmt: skip
-    add("--timeout", type=float, default=5.0, help="seconds the legitimate client waits for an "
-        "echo (default 5)")  # fmt: skip
-    add("--final-timeout", type=float, default=5.0, help="seconds the final echo after the "
-        "attack may take (default 5)")  # fmt: skip
-    add("--seed", type=int, help="seed of the attacker's choices (default: random)")
-    add("--log", help="keep the server's log in this file (default: a temporary file, removed)")
-    targets = parser.add_argument_group("targets (issue 15)")
-    targets.add_argument("--max-failures", type=int, default=0)
-    targets.add_argument("--max-latency", type=float, default=1.0, metavar="SECONDS")
-    targets.add_argument("--min-echoes", type=int, default=5_000)
-    targets.add_argument("--max-log-lines", type=int, default=5_000)
-    targets.add_argument("--max-control-lines", type=int, default=0)
-    targets.add_argument("--max-rss-growth", type=float, default=32.0, metavar="MIB")
+    options = [  # (name, type, default, metavar, help)
+        ("--seconds", float, 20.0, "SECONDS", "length of the attack"),
+        ("--measure", float, None, "SECONDS", "seconds the legitimate client echoes, in the "
+         "middle of the attack (default: 90%% of --seconds)"),
+        ("--attackers", int, 16, "N", "attacker threads"),
+        ("--rate", float, 30_000.0, "FRAMES", "attack frames per second, all threads together; "
+         "0: as fast as they can"),
+        ("--timeout", float, 5.0, "SECONDS", "seconds the legitimate client waits for an echo"),
+        ("--final-timeout", float, 5.0, "SECONDS", "seconds the final echo may take"),
+        ("--seed", int, None, "N", "seed of the attacker's choices (default: random)"),
+        ("--log", str, None, "FILE", "keep the server's log in this file (default: a "
+         "temporary file, removed)"),
+    ]  # fmt: skip
+    targets = [
+        ("--max-failures", int, 0, "N", "legitimate echoes that may fail"),
+        ("--max-latency", float, 1.0, "SECONDS", "worst wait of a legitimate request"),
+        ("--min-echoes", int, 5_000, "N", "legitimate echoes in the --measure seconds"),
+        ("--max-log-lines", int, 5_000, "N", "lines in the server's log"),
+        ("--max-control-lines", int, 0, "N", "log lines with a raw control character or "
+         "forged by one"),
+        ("--max-rss-growth", float, 32.0, "MIB", "server RSS after the attack minus before"),
+    ]  # fmt: skip
+    group = parser.add_argument_group("targets (issue 15)")
+    for add, table in [(parser.add_argument, options), (group.add_argument, targets)]:
+        for name, kind, default, metavar, text in table:
+            if default is not None:
+                text += " (default %(default)s)"
+            add(name, type=kind, default=default, metavar=metavar, help=text)
     args = parser.parse_args(argv)
     if args.measure is None:
         args.measure = args.seconds * 0.9
