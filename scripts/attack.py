@@ -560,8 +560,6 @@ def run(args: argparse.Namespace, log_path: str) -> dict[str, Any]:
         for proc in helpers:
             end_process(proc)
         server_exit = end_process(server, 30)
-        if server.stdout is not None:
-            server.stdout.close()
     scan = scan_log(log_path)
     return {
         **{k: client[k] for k in ("echoes", "failures", "p50_ms", "p99_ms", "max_ms")},
