@@ -628,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="greenockam hostile load test (issue 15)",
         epilog="attack.py attacker|legit ADDRESS ...: the helper processes (not for use by hand)",
     )
-    options = [  # (name, type, default, metavar, help)
+    Option = Tuple[str, Any, Any, str, str]  # name, type, default, metavar, help
+    options: list[Option] = [
         ("--seconds", float, 20.0, "SECONDS", "length of the attack"),
         ("--measure", float, None, "SECONDS", "seconds the legitimate client echoes, in the "
          "middle of the attack (default: 90%% of --seconds)"),
@@ -641,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("--log", str, None, "FILE", "keep the server's log in this file (default: a "
          "temporary file, removed)"),
     ]  # fmt: skip
-    targets = [
+    targets: list[Option] = [
         ("--max-failures", int, 0, "N", "legitimate echoes that may fail"),
         ("--max-latency", float, 1.0, "SECONDS", "worst wait of a legitimate request"),
         ("--min-echoes", int, 5_000, "N", "legitimate echoes in the --measure seconds"),
