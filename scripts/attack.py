@@ -6,7 +6,8 @@
 
 Three processes besides this one, so that no two share an interpreter lock:
 
-* the server, ``echo_server.py 127.0.0.1:0`` at its default log level, its log (stderr) to a file;
+* the server, ``echo_server.py 127.0.0.1:0`` at its default log level (or
+  ``--server-log-level``), its log (stderr) to a file;
 * a legitimate client, a greenockam Node with one TCP connection, echoing one message at a time
   in a loop for ``--measure`` seconds in the middle of the attack, each with a ``--timeout``;
 * an attacker: ``--attackers`` plain threads (``socket`` and ``threading``, no gevent) that keep
@@ -503,7 +504,8 @@ def run(args: argparse.Namespace, log_path: str) -> dict[str, Any]:
 
     with open(log_path, "wb") as log:  # the server's stderr: its log
         server = subprocess.Popen(
-            [sys.executable, ECHO_SERVER, "127.0.0.1:0"],
+            [sys.executable, ECHO_SERVER, "127.0.0.1:0"]
+            + (["--log-level", args.server_log_level] if args.server_log_level else []),
             stdout=subprocess.PIPE,
             stderr=log,
             env=env,
@@ -512,14 +514,16 @@ def run(args: argparse.Namespace, log_path: str) -> dict[str, Any]:
     try:
         line = read_line(server, START_TIMEOUT)
         if "listening on" not in line:
-            raise RuntimeError(f"echo_server.py did not start (it said {line!r})")
+            with open(log_path, "rb") as log:
+                tail = log.read()[-2000:].decode("utf-8", "replace")
+            raise RuntimeError(f"echo_server.py did not start (it said {line!r}); log:\n{tail}")
         address = line.split()[-1]
         lead = max(0.0, (args.seconds - args.measure) / 2)
         print(
             f"hostile load: {args.attackers} attacker threads for {args.seconds:g} s (about "
             f"{args.rate:,.0f} frames/s, seed {args.seed}) against echo_server.py pid "
-            f"{server.pid} on {address}, default log level, log in {log_path}; the legitimate "
-            f"client echoes for {args.measure:g} s from {lead:g} s in",
+            f"{server.pid} on {address}, log level {args.server_log_level or 'default'}, log in "
+            f"{log_path}; the legitimate client echoes for {args.measure:g} s from {lead:g} s in",
             flush=True,
         )
         legit = helper(
@@ -641,6 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("--seed", int, None, "N", "seed of the attacker's choices (default: random)"),
         ("--log", str, None, "FILE", "keep the server's log in this file (default: a "
          "temporary file, removed)"),
+        ("--server-log-level", str.upper, None, "LEVEL", "the server's --log-level, OFF for "
+         "none (default: the server's default, as issue 15's targets assume)"),
     ]  # fmt: skip
     targets: list[Option] = [
         ("--max-failures", int, 0, "N", "legitimate echoes that may fail"),
