@@ -97,6 +97,7 @@ class _Guard(Endpoint):
                 if len(grants) >= self.hub.max_grants_per_connection:
                     del grants[next(iter(grants))]
                 grants[ret] = None
+                self.hub._holders[ret[0][1]].add(self)
         self.inner.handle(message, source)
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
@@ -202,6 +203,7 @@ class Hub:
         self._by_connection: Dict[Address, Set[str]] = {}  # registrant mark -> its forwarders
         self._watches: Dict[Address, Cancel] = {}  # registrant mark -> its close watch
         self._guards: Dict[str, _Guard] = {}  # random mark value -> its guard
+        self._holders: Dict[str, Set[_Guard]] = {}  # mark value -> guards granted routes to it
         self._echo_route = Route([Address(LOCAL, ECHO_SERVICE)])
         self._services = [
             node.start_endpoint(ECHO_SERVICE, _EchoService(self)),
@@ -241,11 +243,21 @@ class Hub:
         node.stop_endpoint(mark)
         node.start_endpoint(mark, guard)
         self._guards[mark[1]] = guard
+        self._holders[mark[1]] = set()
         guard.cancel = node.on_close(mark, lambda: self._unguard(mark))
 
     def _unguard(self, mark: Address) -> None:
-        """A guarded connection closed (called from the hub; the transport removed its mark)."""
-        self._guards.pop(mark[1], None)
+        """A guarded connection closed (called from the hub; the transport removed its mark):
+        forget its guard and every route to it that other connections were granted."""
+        guard = self._guards.pop(mark[1], None)
+        for holder in self._holders.pop(mark[1], ()):
+            for route in [r for r in holder.grants if r[0] == mark]:
+                del holder.grants[route]
+        if guard is not None:
+            for route in guard.grants:
+                holders = self._holders.get(route[0][1])
+                if holders is not None:
+                    holders.discard(guard)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -348,6 +360,7 @@ class Hub:
                 node.stop_endpoint(guard.mark)
                 node.start_endpoint(guard.mark, guard.inner)
         self._guards.clear()
+        self._holders.clear()
         for address in self._services:
             if address[1] in node.endpoints:
                 node.stop_endpoint(address)
