@@ -155,6 +155,15 @@ def frame_of(entry, subst=()):
     return ref_frame(onward, ret, bytes.fromhex(entry["payload_hex"]))
 
 
+def closed_port():
+    """An address on 127.0.0.1 that nothing listens on (a port just bound and released)."""
+    sock = gevent.socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    return address
+
+
 def message_of(frame):
     return decode_body(frame[2:])
 
@@ -201,8 +210,8 @@ def test_the_worked_example_frame_by_frame(net, mark):
     a_mark = str(message_of(forwarded).return_route[0])
     b_mark = str(net.hub.forwarders[forwarder][0])
     if mark == "peer":
-        assert a_mark == "1#127.0.0.1:%d" % a.getsockname()[1]
-        assert b_mark == "1#127.0.0.1:%d" % b.getsockname()[1]
+        assert a_mark == f"1#127.0.0.1:{a.getsockname()[1]}"
+        assert b_mark == f"1#127.0.0.1:{b.getsockname()[1]}"
     else:
         assert re.fullmatch(r"0#[0-9a-f]{32}", a_mark) and re.fullmatch(r"0#[0-9a-f]{32}", b_mark)
     marks = [("1#127.0.0.1:50002", a_mark), ("1#127.0.0.1:50001", b_mark)]
@@ -229,7 +238,7 @@ def test_the_remote_forwarder_registers_with_the_bytes_of_the_rust_client(net):
     net.socks.append(listener)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    hub = "127.0.0.1:%d" % listener.getsockname()[1]
+    hub = f"127.0.0.1:{listener.getsockname()[1]}"
     node = net.node()
     creating = gevent.spawn(RemoteForwarder.create, node, hub, "echoer", timeout=T)
     try:
@@ -277,7 +286,7 @@ def test_echo_service_through_the_hub(net):
     reply = a.request(net.route("echo_service"), "Hello Ockam!", timeout=T)
     assert (reply.body, str(reply.return_route)) == (
         "Hello Ockam!",
-        "1#%s => 0#echo_service" % net.hub_address,
+        f"1#{net.hub_address} => 0#echo_service",
     )
 
 
@@ -316,7 +325,7 @@ def silent_hub(reply=None):
 
     server = gevent.spawn(serve)
     try:
-        yield "127.0.0.1:%d" % listener.getsockname()[1]
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
     finally:
         server.kill()
         for sock in conns + [listener]:
@@ -346,10 +355,7 @@ def test_a_reply_that_is_not_a_registration_fails_at_once(node):
 
 def test_a_registration_at_a_closed_port_fails_with_the_connect_error(node):
     TcpTransport(node)
-    sock = gevent.socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    hub = "127.0.0.1:%d" % sock.getsockname()[1]
-    sock.close()
+    hub = closed_port()
     with pytest.raises(RegistrationFailed, match="cannot register at the hub .* cannot connect"):
         RemoteForwarder.create(node, hub, "echoer", timeout=T)
 
@@ -413,7 +419,7 @@ def test_guessed_marks_reach_nothing(net):
     forwarder = message_of(recv_frame(b)).return_route[0].value
     c = net.node()
     worker = PARAMS["remote_forwarder_worker"]
-    c.send(net.route("1#127.0.0.1:%d" % b.getsockname()[1], worker), "guess by port")
+    c.send(net.route(f"1#127.0.0.1:{b.getsockname()[1]}", worker), "guess by port")
     c.send(net.route("0#" + os.urandom(16).hex(), worker), "guess at random")
     c.send(net.route(forwarder), "legit")
     msg = message_of(recv_frame(b))
@@ -499,9 +505,9 @@ def start_script(name, *args):
 
 
 def first_line(proc):
-    with gevent.Timeout(T, AssertionError("no line from %s" % proc.args)):
+    with gevent.Timeout(T, AssertionError(f"no line from {proc.args}")):
         line = proc.stdout.readline().decode().strip()
-    assert line, "%s exited with %s" % (proc.args, proc.wait())
+    assert line, f"{proc.args} exited with {proc.wait()}"
     return line
 
 
@@ -586,7 +592,7 @@ def test_stopping_the_hub_services_restores_the_node(net):
 
 
 def rss_kib(pid):
-    with open("/proc/%d/status" % pid, encoding="ascii") as f:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
@@ -619,8 +625,10 @@ def test_a_thousand_registrants_each_answer_through_their_forwarder(net, record_
         assert bodies == {str(i) for i in range(len(infos))}
         per_forwarder = (after - before) * 1024 / len(infos)
         record_property("hub_bytes_per_forwarder", per_forwarder)
-        print("hub memory: %d KiB before, %d KiB after 1000 forwarders: ~%.0f bytes each"
-              % (before, after, per_forwarder))
+        print(
+            f"hub memory: {before} KiB before, {after} KiB after {len(infos)} forwarders: "
+            f"~{per_forwarder:.0f} bytes each"
+        )
         for rf in net.forwarders:
             rf.stop()
         net.forwarders = []
@@ -634,9 +642,8 @@ def test_a_thousand_registrants_each_answer_through_their_forwarder(net, record_
 def run_script(name, *args):
     return subprocess.run(
         [sys.executable, os.path.join(SCRIPTS, name), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         cwd=ROOT,
         env=ENV,
         timeout=T,
@@ -669,16 +676,13 @@ def echo_server_behind(hub):
 def test_the_echo_client_reaches_an_echo_server_behind_the_hub():
     with hub_script() as hub, echo_server_behind(hub) as forwarder:
         result = run_script(
-            "echo_client.py", "--route", "1#%s => %s" % (hub, forwarder), "--message", "NAT"
+            "echo_client.py", "--route", f"1#{hub} => {forwarder}", "--message", "NAT"
         )
         assert (result.returncode, result.stdout) == (0, "NAT\n"), result.stderr
 
 
 def test_the_echo_server_exits_1_when_the_hub_is_unreachable():
-    sock = gevent.socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    hub = "127.0.0.1:%d" % sock.getsockname()[1]
-    sock.close()
+    hub = closed_port()
     result = run_script("echo_server.py", "--hub", hub, "--log-level", "ERROR")
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot register at the hub at " + hub)
@@ -696,7 +700,7 @@ def test_the_hub_script_rejects_a_bad_address():
 def rust(program):
     path = os.path.join(RUST, program)
     if not os.access(path, os.X_OK):
-        pytest.skip("Rust 2021 program %s not found (set GREENOCKAM_RUST_PEERS)" % path)
+        pytest.skip(f"Rust 2021 program {path} not found (set GREENOCKAM_RUST_PEERS)")
     if shutil.which("timeout") is None:
         pytest.skip("needs the timeout command to bound the Rust programs")
     return path
@@ -709,11 +713,11 @@ def run_rust(program, *args):
         ["timeout", str(int(T)), path, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        universal_newlines=True,
+        text=True,
         env=dict(ENV, OCKAM_LOG="warn"),
     )
     if result.returncode == 126 or "error while loading shared libraries" in result.stdout:
-        pytest.skip("the Rust program cannot run here: %s" % result.stdout.strip()[:200])
+        pytest.skip(f"the Rust program cannot run here: {result.stdout.strip()[:200]}")
     return result
 
 
@@ -733,7 +737,7 @@ def rust_registered_echoer(hub):
                 if line.startswith("FORWARDER "):
                     break
             else:
-                pytest.skip("hub-registered-echoer exited with %s" % proc.wait())
+                pytest.skip(f"hub-registered-echoer exited with {proc.wait()}")
         yield line.split()[1]
     finally:
         stop_script(proc)  # timeout passes SIGTERM on to the program
@@ -755,7 +759,7 @@ def test_a_rust_sender_reaches_a_rust_registered_echoer(marks):
 def test_a_greenockam_sender_reaches_a_rust_registered_echoer():
     with hub_script() as hub, rust_registered_echoer(hub) as forwarder:
         result = run_script(
-            "echo_client.py", "--route", "1#%s => %s" % (hub, forwarder), "--message", "py"
+            "echo_client.py", "--route", f"1#{hub} => {forwarder}", "--message", "py"
         )
     assert (result.returncode, result.stdout) == (0, "py\n"), result.stderr
 
