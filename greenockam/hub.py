@@ -199,6 +199,7 @@ class Hub:
         self.forwarded = 0
         self.echoed = 0
         self._refused = 0
+        self._warned_peer_marks = False
         self._forwarders: Dict[str, _Forwarder] = {}  # address value -> forwarder
         self._by_connection: Dict[Address, Set[str]] = {}  # registrant mark -> its forwarders
         self._watches: Dict[Address, Cancel] = {}  # registrant mark -> its close watch
@@ -233,7 +234,16 @@ class Hub:
         if source is None or not self.confine:
             return
         mark: Optional[Address] = getattr(source, "mark", None)
-        if mark is None or mark[0] != LOCAL or mark[1] in self._guards:
+        if mark is None or mark[1] in self._guards:
+            return
+        if mark[0] != LOCAL:
+            if not self._warned_peer_marks:
+                self._warned_peer_marks = True
+                logger.warning(
+                    "connections marked {} by their peer address cannot be confined; listen "
+                    'with mark="random" to confine them',
+                    mark,
+                )
             return
         node = self.node
         inner = node.endpoints.get(mark[1])

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         help="forwarders one connection may register",
     )
     parser.add_argument(
-        "--max-connections", type=positive, default=None, help="connections open at once"
+        "--max-connections", type=positive, default=10_000, help="connections open at once"
     )
     parser.add_argument(
         "--marks",

@@ -280,6 +280,41 @@ def test_a_registered_worker_is_reachable_through_its_forwarder(net):
     assert net.hub.statistics()["forwarded"] == 2
 
 
+class Opened(Echoer):
+    """An Echoer that starts by answering "opened" along ``route``."""
+
+    def __init__(self, route):
+        super().__init__()
+        self.route = route
+
+    def initialize(self, ctx):
+        ctx.send(self.route, "opened")
+
+
+class Spawner(Worker):
+    """Starts a worker for each message, which answers it (as a channel listener does)."""
+
+    def handle_message(self, ctx, msg):
+        ctx.start_worker(None, Opened(msg.return_route))
+
+
+def test_a_peer_talks_to_the_worker_a_registrant_started_for_it(net):
+    """The routing of a secure channel through a forwarder, under confinement: the first
+    message goes through the forwarder, the rest along the route of the answer."""
+    net.start_hub()
+    b = net.node()
+    b.start_worker("listener", Spawner())
+    rf = RemoteForwarder.create(b, net.hub_address, "listener", timeout=T)
+    net.forwarders.append(rf)
+    a = net.node()
+    first = a.request(rf.info.forwarding_route, "open", timeout=T)
+    assert first.body == "opened"
+    assert first.return_route[-1] != Route(["listener"])[0]
+    for text in ("one", "two"):
+        assert a.request(first.return_route, text, timeout=T).body == text
+    assert dropped(net.hub_node, "confined") == 0
+
+
 def test_echo_service_through_the_hub(net):
     net.start_hub()
     a = net.node()
@@ -467,6 +502,30 @@ def test_registrations_past_the_total_limit_are_dropped_and_the_client_says_so(n
         RemoteForwarder.create(node, net.hub_address, "echoer", timeout=0.2)
     assert dropped(net.hub_node, "forwarder_limit") == 1
     assert net.node().request(net.route("echo_service"), "ok", timeout=T).body == "ok"
+
+
+def test_a_slow_registrant_holds_back_only_the_senders_to_it(net):
+    """B registers and stops reading; S floods B's forwarder. The hub queues a bounded amount
+    for B and stops reading S; everyone else goes on. When B goes, S is read again and its
+    messages to the dead forwarder are dropped."""
+    net.start_hub()
+    b = net.raw()
+    b.sendall(bytes.fromhex(FRAMES["register_request"]["frame_hex"]))
+    forwarder = message_of(recv_frame(b)).return_route[0].value
+    closed = net.closed_at_hub(net.hub.forwarders[forwarder][0])
+    flood = ref_frame([forwarder], ["0#s"], b"x" * 60000) * 1100  # 66 MB, never read by B
+    s = net.raw()
+    sending = gevent.spawn(s.sendall, flood)
+    _, echoer, rf = net.registrant()
+    c = net.node()
+    for i in range(3):
+        assert c.request(rf.info.forwarding_route, str(i), timeout=T).body == str(i)
+        assert c.request(net.route("echo_service"), str(i), timeout=T).body == str(i)
+    assert not sending.dead  # held back: the hub stopped reading S
+    b.close()
+    assert closed.wait(T)
+    sending.get(timeout=T)  # read again once B's connection is gone
+    assert c.request(net.route("echo_service"), "done", timeout=T).body == "done"
 
 
 # --- lifetimes ----------------------------------------------------------------------------------
