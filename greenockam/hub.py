@@ -108,13 +108,11 @@ class _Forwarder(Endpoint):
     """One registration: sends every message it gets along the registered route, with the
     sender's return route (docs/hub.md, "Forwarding")."""
 
-    __slots__ = ("hub", "address", "route", "connection")
+    __slots__ = ("hub", "route")
 
-    def __init__(self, hub: Hub, route: Route, connection: Optional[Address]) -> None:
+    def __init__(self, hub: Hub, route: Route) -> None:
         self.hub = hub
-        self.address: Optional[Address] = None
         self.route = route
-        self.connection = connection  # the registrant's mark, None for a local registrant
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         hub = self.hub
@@ -295,14 +293,13 @@ class Hub:
                 return
             owned = self._by_connection[connection] = set()
             self._watches[connection] = cancel
-        forwarder = _Forwarder(self, route, connection)
+        forwarder = _Forwarder(self, route)
         while True:
             try:  # 8 bytes from the OS, as the 2021 hub: never an address in use on the node
                 address = node.start_endpoint(os.urandom(8).hex(), forwarder)
                 break
             except AddressInUse:
                 continue
-        forwarder.address = address
         self._forwarders[address[1]] = forwarder
         if owned is not None:
             owned.add(address[1])
@@ -560,7 +557,10 @@ class RemoteForwarder(Endpoint):
             self._reply = None
         logger.info("registered at the hub {}: forwarder {}", self.hub, info.remote_address)
         if self.on_registered is not None:
-            self.on_registered(info)
+            try:
+                self.on_registered(info)
+            except Exception:
+                logger.opt(exception=True).error("on_registered failed for {}", info)
         return info  # type: ignore[no-any-return]
 
     def _connection_closed(self) -> None:
