@@ -815,7 +815,7 @@ def rust_registered_echoer(hub):
             output.append(f"exit status {proc.wait()}")
         finally:
             stop_script(proc)  # timeout passes SIGTERM on to the program
-        if RUST_START_FAILURE not in output:
+        if not any(RUST_START_FAILURE in line for line in output):
             break
     pytest.fail(f"hub-registered-echoer did not register: {output}")
 
