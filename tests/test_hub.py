@@ -634,17 +634,24 @@ def test_stopping_a_remote_forwarder_removes_its_address(net):
     assert rf.info is None
 
 
-def test_stopping_the_hub_services_restores_the_node(net):
+def test_stopping_the_hub_leaves_the_node_and_its_connections(net):
     net.start_hub()
-    endpoints = net.hub_node.statistics()["endpoints"]
     _, _, rf = net.registrant()
     a = net.node()
-    assert a.request(rf.info.forwarding_route, "x", timeout=T).body == "x"
+    reply = a.request(rf.info.forwarding_route, "x", timeout=T)
+    marks = {v for v in net.hub_node.endpoints if v not in net.hub.forwarders}
+    marks -= {"echo_service", "forwarding_service"}
+    assert len(marks) == 2  # A's and B's connections
     net.hub.stop()
-    # the two services and the forwarder are gone; the guarded marks are the transport's again
-    assert net.hub_node.statistics()["endpoints"] == endpoints - 2 + 2
+    net.hub.stop()
+    assert set(net.hub_node.endpoints) == marks
     assert net.hub.statistics()["forwarders"] == 0
-    a.send(net.route("echo_service"), "gone")
+    # the connections work as on any node: a reply along the route A holds still arrives
+    assert a.request(reply.return_route, "y", timeout=T).body == "y"
+    a.send(rf.info.forwarding_route, "to a forwarder that is gone")
+    a.send(net.route("echo_service"), "to a service that is gone")
+    assert a.request(reply.return_route, "z", timeout=T).body == "z"
+    assert dropped(net.hub_node, "unknown_address") == 2
 
 
 # --- many registrants ---------------------------------------------------------------------------
@@ -710,8 +717,8 @@ def run_script(name, *args):
 
 
 @contextlib.contextmanager
-def hub_script(*args):
-    proc = start_script("hub.py", "127.0.0.1:0", "--log-level", "WARNING", *args)
+def hub_script(*args, address="127.0.0.1:0"):
+    proc = start_script("hub.py", address, "--log-level", "WARNING", *args)
     try:
         line = first_line(proc)
         match = re.fullmatch(r"hub listening on (\S+)", line)
@@ -738,6 +745,24 @@ def test_the_echo_client_reaches_an_echo_server_behind_the_hub():
             "echo_client.py", "--route", f"1#{hub} => {forwarder}", "--message", "NAT"
         )
         assert (result.returncode, result.stdout) == (0, "NAT\n"), result.stderr
+
+
+def test_the_echo_server_prints_its_new_forwarder_after_the_hub_restarts():
+    server = None
+    try:
+        with hub_script() as hub:
+            server = start_script("echo_server.py", "--hub", hub, "--log-level", "WARNING")
+            first = first_line(server)
+        with hub_script(address=hub):
+            second = first_line(server)
+            assert second != first
+            result = run_script(
+                "echo_client.py", "--route", f"1#{hub} => {second}", "--message", "again"
+            )
+            assert (result.returncode, result.stdout) == (0, "again\n"), result.stderr
+    finally:
+        if server is not None:
+            assert stop_script(server) == 0
 
 
 def test_the_echo_server_exits_1_when_the_hub_is_unreachable():
