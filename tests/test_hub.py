@@ -22,7 +22,6 @@ import gevent
 import gevent.queue
 import gevent.socket
 import pytest
-from gevent import subprocess as gsubprocess
 from gevent.event import Event
 from helpers import bare_str, recv_frame, ref_frame
 
@@ -553,10 +552,48 @@ def test_a_registrants_forwarders_go_when_its_connection_closes(net):
     assert dropped(net.hub_node, "unknown_address") == 1
 
 
+class Process:
+    """A subprocess whose stdout lines are read without blocking this process's greenlets (an
+    in-process hub goes on running meanwhile)."""
+
+    def __init__(self, argv, **options):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, **options)
+        self.pid = self.proc.pid
+        self._pending = b""
+
+    def line(self):
+        """The next line on stdout, stripped, or None at its end."""
+        fd = self.proc.stdout.fileno()
+        with gevent.Timeout(T, AssertionError(f"no line from {self.proc.args}")):
+            while b"\n" not in self._pending:
+                gevent.socket.wait_read(fd)
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    return None
+                self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
+
+    def kill(self):
+        self.proc.kill()
+
+    def stop(self, sig=signal.SIGTERM):
+        """Signal the process if it still runs and wait for it; its exit status."""
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=T)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
 def start_script(name, *args):
-    return gsubprocess.Popen(
+    return Process(
         [sys.executable, os.path.join(SCRIPTS, name), *args],
-        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
         env=ENV,
@@ -564,22 +601,9 @@ def start_script(name, *args):
 
 
 def first_line(proc):
-    with gevent.Timeout(T, AssertionError(f"no line from {proc.args}")):
-        line = proc.stdout.readline().decode().strip()
-    assert line, f"{proc.args} exited with {proc.wait()}"
+    line = proc.line()
+    assert line, f"{proc.proc.args} exited with {proc.proc.wait()}"
     return line
-
-
-def stop_script(proc, sig=signal.SIGTERM):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(timeout=T)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 def test_a_registrant_killed_with_sigkill_leaves_nothing_at_the_hub(net):
@@ -596,7 +620,7 @@ def test_a_registrant_killed_with_sigkill_leaves_nothing_at_the_hub(net):
         server.kill()
         assert closed.wait(T)
     finally:
-        stop_script(server, signal.SIGKILL)
+        server.stop(signal.SIGKILL)
     stats = net.hub.statistics()
     assert stats["forwarders"] == baseline[0]["forwarders"] == 0
     assert (stats["guarded_connections"], stats["grants"]) == (1, 0)  # A's, with nothing to B
@@ -699,7 +723,7 @@ def test_a_thousand_registrants_each_answer_through_their_forwarder(net, record_
             rf.stop()
         net.forwarders = []
     finally:
-        assert stop_script(hub) == 0
+        assert hub.stop() == 0
 
 
 # --- the scripts --------------------------------------------------------------------------------
@@ -725,7 +749,7 @@ def hub_script(*args, address="127.0.0.1:0"):
         assert match, line
         yield match.group(1)
     finally:
-        assert stop_script(proc) == 0
+        assert proc.stop() == 0
 
 
 @contextlib.contextmanager
@@ -736,7 +760,7 @@ def echo_server_behind(hub):
         assert re.fullmatch(r"[0-9a-f]{16}", forwarder), forwarder
         yield forwarder
     finally:
-        assert stop_script(proc) == 0
+        assert proc.stop() == 0
 
 
 def test_the_echo_client_reaches_an_echo_server_behind_the_hub():
@@ -762,7 +786,7 @@ def test_the_echo_server_prints_its_new_forwarder_after_the_hub_restarts():
             assert (result.returncode, result.stdout) == (0, "again\n"), result.stderr
     finally:
         if server is not None:
-            assert stop_script(server) == 0
+            assert server.stop() == 0
 
 
 def test_the_echo_server_exits_1_when_the_hub_is_unreachable():
@@ -820,26 +844,25 @@ def rust_registered_echoer(hub):
     path = rust("hub-registered-echoer")
     output = []
     for _ in range(3):
-        proc = gsubprocess.Popen(
+        proc = Process(
             ["timeout", str(int(T * 3)), path, hub],
-            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=dict(ENV, OCKAM_LOG="warn"),
         )
         try:
             forwarder = None
-            with gevent.Timeout(T, AssertionError(f"no FORWARDER line: {output}")):
-                for raw in proc.stdout:
-                    output.append(raw.decode(errors="replace").strip())
-                    if output[-1].startswith("FORWARDER "):
-                        forwarder = output[-1].split()[1]
-                        break
+            line = proc.line()
+            while line is not None:
+                output.append(line)
+                if line.startswith("FORWARDER "):
+                    forwarder = line.split()[1]
+                    break
+                line = proc.line()
             if forwarder is not None:
                 yield forwarder
                 return
-            output.append(f"exit status {proc.wait()}")
         finally:
-            stop_script(proc)  # timeout passes SIGTERM on to the program
+            output.append(f"exit status {proc.stop()}")  # timeout passes SIGTERM on
         if not any(RUST_START_FAILURE in line for line in output):
             break
     pytest.fail(f"hub-registered-echoer did not register: {output}")
