@@ -726,6 +726,50 @@ def test_a_thousand_registrants_each_answer_through_their_forwarder(net, record_
         assert hub.stop() == 0
 
 
+def raw_echoer(sock):
+    """A registrant on a raw socket: answers every forwarded frame along its return route, from
+    ``0#echoer`` (frame 5 of the worked example)."""
+    while True:
+        msg = message_of(recv_frame(sock, timeout=None))
+        sock.sendall(ref_frame([str(a) for a in msg.return_route], ["0#echoer"], msg.payload))
+
+
+@pytest.mark.timeout(300)
+def test_a_thousand_registrant_connections_each_answer_through_their_forwarder(
+    net, record_property
+):
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc to read the hub's memory")
+    hub = start_script("hub.py", "127.0.0.1:0", "--log-level", "WARNING")
+    echoers = []
+    try:
+        net.hub_address = first_line(hub).rsplit(" ", 1)[1]
+        a = net.node()
+        assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
+        before = rss_kib(hub.pid)
+        register = bytes.fromhex(FRAMES["register_request"]["frame_hex"])
+        socks = [net.raw() for _ in range(1000)]
+        for sock in socks:
+            sock.sendall(register)
+        forwarders = [message_of(recv_frame(sock)).return_route[0].value for sock in socks]
+        after = rss_kib(hub.pid)
+        echoers = [gevent.spawn(raw_echoer, sock) for sock in socks]
+        with a.open_context() as ctx:
+            for forwarder in forwarders:
+                ctx.send(net.route(forwarder), forwarder)
+            bodies = {ctx.receive(timeout=T).body for _ in forwarders}
+        assert bodies == set(forwarders) and len(bodies) == 1000
+        per_registrant = (after - before) * 1024 / len(socks)
+        record_property("hub_bytes_per_registrant_connection", per_registrant)
+        print(
+            f"hub memory: {before} KiB before, {after} KiB after 1000 connections with a "
+            f"forwarder each: ~{per_registrant:.0f} bytes each"
+        )
+    finally:
+        gevent.killall(echoers)
+        assert hub.stop() == 0
+
+
 # --- the scripts --------------------------------------------------------------------------------
 
 
