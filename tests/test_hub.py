@@ -24,6 +24,7 @@ import gevent.socket
 import pytest
 from gevent.event import Event
 from helpers import bare_str, recv_frame, ref_frame
+from loguru import logger
 
 import greenockam
 from greenockam import (
@@ -324,6 +325,26 @@ def test_echo_service_through_the_hub(net):
     )
 
 
+def test_a_context_on_the_hub_node_itself_can_register(net):
+    net.start_hub()
+    local = net.hub_node.open_context("local")
+    local.send(["forwarding_service"], "register")
+    reply = local.receive(timeout=T)
+    assert (reply.body, len(reply.return_route)) == ("register", 1)
+    forwarder = reply.return_route[0].value
+    assert net.hub.forwarders[forwarder] == Route(["local"])
+    net.node().send(net.route(forwarder), "to the hub's own context")
+    assert local.receive(timeout=T).body == "to the hub's own context"
+    assert net.hub_node.request(["echo_service"], "local echo", timeout=T).body == "local echo"
+
+
+def test_hub_limits_must_be_positive(node):
+    for option in ("max_forwarders", "max_forwarders_per_connection", "max_grants_per_connection"):
+        with pytest.raises(ValueError, match=option):
+            Hub(node, **{option: 0})
+    assert node.statistics()["endpoints"] == 0
+
+
 def test_every_registration_gets_a_new_forwarder(net):
     net.start_hub()
     node, echoer, rf1 = net.registrant()
@@ -432,6 +453,23 @@ def test_without_confinement_the_learned_mark_reaches_any_worker(net):
     a, secret, _, _, handed = learned_mark(net)
     a.send(Route([handed[0], handed[1], "secret"]), "attack")
     assert secret.receive(timeout=T).body == "attack"
+
+
+def test_with_peer_marks_the_hub_cannot_confine_and_says_so(net):
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    logger.enable("greenockam")
+    try:
+        net.start_hub(mark="peer")
+        a, secret, _, _, handed = learned_mark(net)
+        assert str(handed[1]).startswith("1#127.0.0.1:")
+        a.send(Route([handed[0], handed[1], "secret"]), "attack")
+        assert secret.receive(timeout=T).body == "attack"
+        net.node().request(net.route("echo_service"), "x", timeout=T)
+    finally:
+        logger.disable("greenockam")
+        logger.remove(sink)
+    assert sum("cannot be confined" in line for line in lines) == 1
 
 
 def test_a_third_client_cannot_use_a_leaked_route(net):
