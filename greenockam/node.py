@@ -505,9 +505,14 @@ class Node:
         received: AsyncResult = AsyncResult()
         handlers = [gevent.signal_handler(sig, received.set, sig) for sig in signals]
         self._stopped.rawlink(lambda _: received.set(None))
+        # Signal watchers do not keep gevent's loop alive: without this timer a node with no
+        # listener or connection would end the wait at once (LoopExit).
+        keepalive = self.hub.loop.timer(3600.0, 3600.0)
+        keepalive.start(lambda: None)
         try:
             return received.get()  # type: ignore[no-any-return]
         finally:
+            keepalive.close()
             for handler in handlers:
                 handler.cancel()
             self.stop()

@@ -39,7 +39,7 @@ from gevent.hub import Waiter
 from loguru import logger
 
 from .address import LOCAL
-from .faults import printable
+from .faults import format_traceback, printable
 from .transport.base import Endpoint, Source, Transport
 from .wire import TransportMessage
 
@@ -135,8 +135,12 @@ class Router:
                 if messages is None:
                     try:
                         messages = source.read()
-                    except Exception:  # a transport bug must not take the router down
-                        logger.opt(exception=True).error("reading from {} failed", source.peer)
+                    except Exception as exc:  # a transport bug must not take the router down
+                        logger.error(
+                            "reading from {} failed:\n{}",
+                            printable(source.peer),
+                            format_traceback(exc),
+                        )
                         continue
                 route(messages, source, wake)
             self._idle = True
@@ -209,7 +213,9 @@ class Router:
             return
         try:
             endpoint.handle(msg, source)
-        except Exception:  # an endpoint bug must not take the router down
-            logger.opt(exception=True).error("endpoint {} failed", printable(msg[1][0]))
+        except Exception as exc:  # an endpoint bug must not take the router down
+            logger.error(
+                "endpoint {} failed:\n{}", printable(msg[1][0]), format_traceback(exc)
+            )
             self.node.count_drop("endpoint_error")
         self.routed += 1

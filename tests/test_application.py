@@ -163,3 +163,31 @@ def test_serve_forever_returns_none_when_another_greenlet_stops_the_node():
     gevent.spawn(node.stop).join(WAIT)
     assert served.get(timeout=WAIT) is None
     assert not node.running
+
+
+def test_serve_forever_waits_on_a_node_with_no_listener_until_a_signal(tmp_path):
+    # gevent's signal watchers do not keep its loop alive: a bare node must still wait.
+    import subprocess
+    import sys
+
+    program = (
+        "from greenockam import Node\n"
+        "node = Node()\n"
+        "print('serving', flush=True)\n"
+        "print(node.serve_forever(), flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program], stdout=subprocess.PIPE, universal_newlines=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "serving\n"
+        assert proc.poll() is None  # still serving: it did not end on its own
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=WAIT)
+        assert out == f"{int(signal.SIGTERM)}\n"
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
