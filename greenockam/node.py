@@ -97,9 +97,8 @@ class Node:
             self.mailbox_size = mailbox_size
         if source_share is not None and source_share < 1:
             raise ValueError(f"source_share must be at least 1, got {source_share}")
-        self.source_share = min(
-            self.mailbox_size, max(1, self.mailbox_size // 4) if source_share is None else source_share
-        )
+        share = max(1, self.mailbox_size // 4) if source_share is None else source_share
+        self.source_share = min(self.mailbox_size, share)
         self.hub = get_hub()
         self._state = _RUNNING
         self._contexts: Dict[str, Context] = {}  # local address value -> its context

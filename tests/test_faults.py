@@ -6,6 +6,7 @@ a loguru sink.
 """
 
 import re
+from typing import List
 
 import pytest
 from gevent.queue import Queue
@@ -253,7 +254,7 @@ def test_a_handler_bug_logs_its_traceback_without_the_payload_even_with_a_diagno
             secret = msg.body  # noqa: F841 (a local a diagnosing sink would print)
             raise ValueError("handler bug")
 
-    out = []
+    out: List[str] = []
     logger.enable("greenockam")
     handler = logger.add(out.append, level="DEBUG", diagnose=True, backtrace=True)
     try:
