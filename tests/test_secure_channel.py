@@ -18,6 +18,7 @@ import stat
 import sys
 
 import gevent
+import gevent.event
 import gevent.subprocess
 import pytest
 from gevent.queue import Queue
@@ -28,6 +29,7 @@ from loguru import logger
 from greenockam import (
     BARE,
     RAW,
+    ConnectFailed,
     ConnectionLost,
     LocalProtocolError,
     Node,
@@ -399,6 +401,29 @@ def test_max_channels_bounds_established_responder_ends(local):
     assert first.established  # the initiator end does not know its peer closed
 
 
+def test_idle_responder_ends_are_closed(local):
+    node, _, _ = local
+    listener = SecureChannelListener(node, "idle", idle_timeout=0.2)
+    channel = open_secure_channel(node, ["idle"], timeout=WAIT)
+    (responder,) = listener.channels
+    closed = gevent.event.Event()
+    responder.on_close(closed.set)
+    assert closed.wait(WAIT)
+    assert listener.channels == [] and responder.closed
+    with pytest.raises(UnknownAddress):
+        node.send([channel.address, "echoer"], "too late")
+    listener.stop()
+
+
+def test_an_initiator_that_cannot_reach_the_first_hop_gets_the_transport_error(tcp_pair):
+    a, _, _, _ = tcp_pair
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(ConnectFailed):
+            open_secure_channel(a, [f"1#127.0.0.1:{closed_port}", "secure_channel_listener"])
+
+
 # --- the sending side: limits, renewal, close -------------------------------------------------
 
 
@@ -421,6 +446,20 @@ def test_renewal_keeps_one_channel_address_past_the_nonce_limit(local):
         assert reply.body == f"n{i}" and reply.return_route[0] == channel.address
     assert channel.statistics()["handshakes"] >= 10
     assert channel.statistics()["sent"] == 40
+
+
+def test_renewal_over_tcp_with_pipelined_messages(tcp_pair):
+    a, c, c_address, _ = tcp_pair
+    listener = SecureChannelListener(c, send_limit=8, idle_timeout=WAIT)
+    route = [f"1#{c_address}", "secure_channel_listener"]
+    channel = open_secure_channel(a, route, send_limit=8, renew_below=3, timeout=WAIT)
+    with a.open_context() as app:
+        for i in range(60):  # no waiting for replies: renewals overlap with traffic
+            app.send([channel.address, "echoer"], f"p{i}")
+        replies = sorted(app.receive(WAIT).body for _ in range(60))
+    assert replies == sorted(f"p{i}" for i in range(60))
+    assert channel.statistics()["handshakes"] >= 60 // 8
+    assert len(listener.channels) >= 2
 
 
 def test_a_plaintext_too_large_for_one_frame_is_refused_before_anything_is_sent(local):

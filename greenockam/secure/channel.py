@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections import deque
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Deque,
     Dict,
     Iterable,
     List,
@@ -72,6 +74,8 @@ __all__ = [
 
 LISTENER_ADDRESS = "secure_channel_listener"
 _watch_keys = itertools.count()
+# Sessions an initiator keeps receiving on after renewals replaced them, for replies in flight.
+RETIRED_SESSIONS = 4
 
 Trust = Union[None, Iterable[bytes], Callable[[bytes], bool]]
 """Which static keys a channel end accepts from its peer: ``None`` (any: the 2021 behaviour),
@@ -272,6 +276,8 @@ class SecureChannel:
         node: the node it runs on.
         address: the local address that faces local workers (never on the wire).
         initiator: True for the end that opened the channel.
+        last_active: the event loop's time (``node.loop.now()``) when this end last accepted a
+            message from the other end, or was created.
     """
 
     def __init__(
@@ -303,12 +309,13 @@ class SecureChannel:
         self._renew_below = renew_below
         self._listener = listener
         self._current: Optional[_Session] = None  # the established session we send with
-        self._previous: Optional[_Session] = None  # the one before a renewal, still receiving
+        self._retired: Deque[_Session] = deque()  # replaced by renewals, still receiving
         self._pending: Optional[_Session] = None  # a handshake under way
         self._listener_route: Optional[Route] = None  # an initiator's route to the listener
         self._closed = False
         self._counters: Dict[str, int] = {}
         self._watchers: Dict[int, Callable[[], None]] = {}
+        self.last_active = node.loop.now()  # when the other end was last heard from
         self.address = node.start_endpoint(None, _LocalSide(self))
 
     def __repr__(self) -> str:
@@ -386,7 +393,7 @@ class SecureChannel:
         if self._closed:
             return
         self._closed = True
-        for session in (self._current, self._previous, self._pending):
+        for session in [self._current, self._pending, *self._retired]:
             if session is not None:
                 session.close()
                 if not session.done.ready():
@@ -469,9 +476,9 @@ class SecureChannel:
         if self._pending is session:
             self._pending = None
         if self._current is not None:  # a renewal: keep the old one for replies in flight
-            if self._previous is not None:
-                self._previous.close()
-            self._previous = self._current
+            self._retired.append(self._current)
+            if len(self._retired) > RETIRED_SESSIONS:
+                self._retired.popleft().close()
         self._current = session
         _channels.setdefault(self.node, {})[self.address[1]] = self
         if self._listener is not None:
@@ -552,6 +559,7 @@ class SecureChannel:
             self.node.drop("secure_channel_undecryptable", message, exc)
             return
         self._count("received")
+        self.last_active = self.node.loop.now()
         onward = inner[1]
         if not onward:
             self._count("empty_route")
@@ -657,6 +665,9 @@ class SecureChannelListener:
             dropped and counted until one completes or times out.
         max_channels: established responder ends at most (``None``: no limit); further
             requests are dropped and counted until one is closed.
+        idle_timeout: close a responder end that has received nothing for this many seconds
+            (``None``: never). The other end is not told; an initiator that renews its channel
+            leaves its old responder ends to this.
         send_limit: messages each responder end may send (see :class:`Handshake`).
         replay_window: the responder ends' replay window (see :class:`ReceiveCipher`).
 
@@ -675,9 +686,12 @@ class SecureChannelListener:
         handshake_timeout: float = 10.0,
         max_pending: int = 1024,
         max_channels: Optional[int] = None,
+        idle_timeout: Optional[float] = None,
         send_limit: int = MAX_MESSAGES,
         replay_window: int = REPLAY_WINDOW,
     ) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive, got {idle_timeout}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         _verifier(trust)  # refuse a malformed trust set now, not at the first request
@@ -699,6 +713,24 @@ class SecureChannelListener:
         self._channels: Set[SecureChannel] = set()
         self._refused = 0
         self.address = node.start_endpoint(address, _ListenerSide(self))
+        self.idle_timeout = idle_timeout
+        self._sweeper: Any = None
+        if idle_timeout is not None:
+            interval = max(0.01, min(idle_timeout / 4, 1.0))
+            self._sweeper = node.loop.timer(interval, interval, ref=False)
+            self._sweeper.start(self._close_idle)
+
+    def _close_idle(self) -> None:
+        """Timer callback, in the hub: close the responder ends idle for too long."""
+        assert self.idle_timeout is not None
+        if not self.node.running:
+            self.stop()
+            return
+        deadline = self.node.loop.now() - self.idle_timeout
+        for channel in [c for c in self._channels if c.last_active < deadline]:
+            logger.info("secure channel {}: idle for {} s, closed", channel.address,
+                        self.idle_timeout)
+            channel.close()
 
     def __repr__(self) -> str:
         return f"<SecureChannelListener {self.address}, {len(self._channels)} channels>"
@@ -744,7 +776,12 @@ class SecureChannelListener:
         self._channels.discard(channel)
 
     def stop(self, close_channels: bool = False) -> None:
-        """Stop accepting channels; with ``close_channels`` also close those it started."""
+        """Stop accepting channels; with ``close_channels`` also close those it started.
+        Idempotent."""
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper.close()
+            self._sweeper = None
         try:
             self.node.stop_endpoint(self.address)
         except UnknownAddress:
