@@ -545,15 +545,15 @@ READY = re.compile(rb"listening on (\S+)")
 
 
 @contextlib.contextmanager
-def middle_process(next_hop):
-    """scripts/echo_server.py as a middle node with a connection to ``next_hop``."""
+def echo_server(*options):
+    """scripts/echo_server.py on port 0; yields its bound HOST:PORT."""
     proc = gevent.subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "scripts", "echo_server.py"), "127.0.0.1:0",
-         "--connect", next_hop, "--log-level", "WARNING"],
+         "--log-level", "WARNING", *options],
         stdout=gevent.subprocess.PIPE, env=ENV,
     )
     try:
-        with gevent.Timeout(30, AssertionError("the middle node did not start")):
+        with gevent.Timeout(30, AssertionError("the echo server did not start")):
             line = proc.stdout.readline()
         match = READY.search(line)
         assert match, line
@@ -568,10 +568,37 @@ def middle_process(next_hop):
         proc.stdout.close()
 
 
+def echo_client(*options):
+    """scripts/echo_client.py: (exit code, stdout, stderr)."""
+    proc = gevent.subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "echo_client.py"), "--log-level",
+         "ERROR", *options],
+        stdout=gevent.subprocess.PIPE, stderr=gevent.subprocess.PIPE, env=ENV,
+    )
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_the_echo_scripts_talk_through_a_pinned_secure_channel(tmp_path):
+    server_identity = str(tmp_path / "server.key")
+    with echo_server("--worker", "echoer", "--identity", server_identity) as address:
+        key = public_key(load_identity(server_identity, create=False)).hex()
+        channel = f"1#{address} => secure_channel_listener"
+        code, out, err = echo_client("--secure-channel", channel, "--route", "echoer",
+                                     "--trust", key, "--message", SECRET,
+                                     "--identity", str(tmp_path / "client.key"))
+        assert (code, out, err) == (0, SECRET + "\n", "")
+        other = public_key(generate_private_key()).hex()
+        code, out, err = echo_client("--secure-channel", channel, "--route", "echoer",
+                                     "--trust", other)
+        assert code == 1 and out == "" and "not trusted" in err and err.count("\n") == 1
+
+
 def test_a_channel_through_two_middle_nodes_in_other_processes(tcp_pair):
     a, c, c_address, echoer = tcp_pair
     SecureChannelListener(c)
-    with middle_process(c_address) as m2, middle_process(m2) as m1:
+    # scripts/echo_server.py as middle nodes, each with a connection to the next hop.
+    with echo_server("--connect", c_address) as m2, echo_server("--connect", m2) as m1:
         route = [f"1#{m1}", f"1#{m2}", f"1#{c_address}", "secure_channel_listener"]
         channel = open_secure_channel(a, route, timeout=WAIT)
         assert a.request([channel.address, "echoer"], SECRET, timeout=WAIT).body == SECRET
