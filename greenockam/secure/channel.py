@@ -18,6 +18,7 @@ exactly as the Rust Ockam nodes of April 2021 run it (docs/secure-channel.md, se
 from __future__ import annotations
 
 import itertools
+import struct
 import weakref
 from collections import deque
 from typing import (
@@ -53,8 +54,15 @@ from ..errors import (
     UntrustedPeer,
 )
 from ..message import Routed
-from ..transport.base import Cancel, Endpoint, Source
-from ..wire import MAX_BODY, TransportMessage, decode_body, encode_body
+from ..transport.base import Cancel, Endpoint, Outlet, Source
+from ..wire import (
+    MAX_BODY,
+    VERSION,
+    FrameDecoder,
+    TransportMessage,
+    encode_body,
+    encode_uint,
+)
 from .noise import CHANNEL_OVERHEAD, KEY_SIZE, MAX_MESSAGES, REPLAY_WINDOW, Handshake
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +81,8 @@ __all__ = [
 ]
 
 LISTENER_ADDRESS = "secure_channel_listener"
+_new_tuple = tuple.__new__  # a TransportMessage from checked parts, without a Python-level call
+_frame_length = struct.Struct(">H").pack
 _watch_keys = itertools.count()
 # Sessions an initiator keeps receiving on after renewals replaced them, for replies in flight.
 RETIRED_SESSIONS = 4
@@ -93,7 +103,7 @@ def encode_create_responder(message_1: bytes) -> bytes:
     variant index 0, then handshake message 1 as ``data<>`` (docs/secure-channel.md,
     section 6). The listener's message is encoded here and in :func:`decode_create_responder`
     only."""
-    return b"\x00" + BARE.encode(message_1)
+    return b"\x00" + _data(message_1)
 
 
 def decode_create_responder(payload: bytes) -> bytes:
@@ -105,7 +115,23 @@ def decode_create_responder(payload: bytes) -> bytes:
     if not payload or payload[0] != 0:
         variant = payload[0] if payload else "none"
         raise RemoteProtocolError(f"a listener request has variant 0, got {variant}")
-    data: bytes = BARE.decode(payload[1:], bytes)
+    return _undata(payload[1:])
+
+
+def _data(raw: bytes) -> bytes:
+    """BARE ``data<>``: a ``uint`` length, then the bytes."""
+    return encode_uint(len(raw)) + raw
+
+
+def _undata(payload: bytes) -> bytes:
+    """The bytes inside a BARE ``data<>`` payload.
+
+    Raises:
+        RemoteProtocolError: not exactly one ``data<>``.
+    """
+    if payload and payload[0] == len(payload) - 1 < 0x80:  # a one-byte length: most messages
+        return payload[1:]
+    data: bytes = BARE.decode(payload, bytes)
     return data
 
 
@@ -175,6 +201,8 @@ class _Session:
         "done",
         "timer",
         "closed",
+        "decoder",
+        "outlet",
     )
 
     def __init__(self, channel: SecureChannel, handshake: Handshake, route: Route) -> None:
@@ -189,6 +217,8 @@ class _Session:
         self.done: AsyncResult = AsyncResult()  # set (to self) or failed once it ends
         self.timer: Any = None
         self.closed = False
+        self.decoder = FrameDecoder()  # decodes the inner messages (their routes repeat)
+        self.outlet: Optional[Outlet] = None  # the transport's fast path along ``route``
 
     def start_timer(self, seconds: float) -> None:
         self.timer = self.channel.node.loop.timer(seconds)
@@ -204,6 +234,32 @@ class _Session:
             self.channel.session_failed(
                 self, HandshakeTimeout(f"no secure channel handshake along {self.route} in time")
             )
+
+    def decode(self, plaintext: bytes) -> TransportMessage:
+        """The inner message a plaintext holds (docs/secure-channel.md, section 4).
+
+        Raises:
+            RemoteProtocolError: it is not one valid message body.
+        """
+        try:
+            (message,) = self.decoder.feed(_frame_length(len(plaintext)) + plaintext)
+        except (RemoteProtocolError, ValueError, struct.error):
+            self.decoder = FrameDecoder()  # a decoder refuses all input after a bad frame
+            raise RemoteProtocolError("a decrypted channel message is not a message") from None
+        return message
+
+    def transmit(self, payload: bytes) -> None:
+        """Send a ciphertext payload to the other end for a local sender: through the
+        transport's fast path when it has one for this route, else by :meth:`Node.dispatch`."""
+        outlet = self.outlet
+        node = self.channel.node
+        if outlet is not None and outlet(payload):
+            node.count_routed()
+            return
+        node.dispatch(_new_tuple(TransportMessage, (VERSION, self.route, self.remote_return,
+                                                     payload)))
+        if self.route[0][0] != LOCAL:
+            self.outlet = node.outlet(self.route, self.remote_return)
 
     def complete(self, route: Route) -> None:
         """The handshake is complete; ``route`` is the return route of its last message."""
@@ -313,7 +369,9 @@ class SecureChannel:
         self._pending: Optional[_Session] = None  # a handshake under way
         self._listener_route: Optional[Route] = None  # an initiator's route to the listener
         self._closed = False
-        self._counters: Dict[str, int] = {}
+        self._counters: Dict[str, int] = {}  # handshakes and drops by reason
+        self._sent = 0
+        self._received = 0
         self._watchers: Dict[int, Callable[[], None]] = {}
         self.last_active = node.loop.now()  # when the other end was last heard from
         self.address = node.start_endpoint(None, _LocalSide(self))
@@ -374,7 +432,7 @@ class SecureChannel:
     def statistics(self) -> Dict[str, int]:
         """Counters: ``sent``, ``received``, ``handshakes``, and the messages dropped by reason
         (``replayed``, ``undecryptable``, ``bad_handshake``, ``empty_route``, ``not_local``)."""
-        return dict(self._counters)
+        return dict(self._counters, sent=self._sent, received=self._received)
 
     def _established(self) -> _Session:
         if self._current is None:
@@ -511,7 +569,7 @@ class SecureChannel:
                 "secure channel {} established with {}", self.address, self.peer_key.hex()
             )
             return
-        reply = BARE.encode(handshake.write_message())
+        reply = _data(handshake.write_message())
         route = message[2]
         if handshake.complete:  # the initiator wrote message 3
             self._established_session(session, route)
@@ -536,11 +594,11 @@ class SecureChannel:
         """A message at a session's remote address: a handshake message, or a ciphertext to
         decrypt and route locally. Bad input is dropped, logged and counted, never raised."""
         try:
-            data: bytes = BARE.decode(message[3], bytes)
+            data = _undata(message[3])
             if session.receive is None:
                 self._handshake(session, message, data, source)
                 return
-            inner = decode_body(session.receive.decrypt(data))
+            inner = session.decode(session.receive.decrypt(data))
         except UntrustedPeer as exc:
             self._count("untrusted")
             self.node.drop("secure_channel_untrusted", message, exc)
@@ -558,7 +616,7 @@ class SecureChannel:
             self._count("undecryptable")
             self.node.drop("secure_channel_undecryptable", message, exc)
             return
-        self._count("received")
+        self._received += 1
         self.last_active = self.node.loop.now()
         onward = inner[1]
         if not onward:
@@ -569,7 +627,9 @@ class SecureChannel:
             self._count("not_local")
             self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
             return
-        delivered = TransportMessage(onward, inner[2].prepend(self.address), inner[3], inner[0])
+        delivered = _new_tuple(
+            TransportMessage, (inner[0], onward, inner[2].prepend(self.address), inner[3])
+        )
         if source is not None:
             self.node.deliver([delivered], source)
             return
@@ -592,20 +652,27 @@ class SecureChannel:
             if not rest:
                 raise RouteError(f"nothing to send to after the secure channel {self.address}")
             session = self._sending_session(source)
-            plaintext = encode_body(TransportMessage(rest, message[2], message[3]))
+            plaintext = encode_body(_new_tuple(TransportMessage, (VERSION, rest) + message[2:]))
             if len(plaintext) > session.room:
                 raise LocalProtocolError(
                     f"a message of {len(plaintext)} bytes cannot go through the secure channel "
                     f"{self.address} in one frame (at most {session.room})"
                 )
-            payload = BARE.encode(session.send.encrypt(plaintext))
+            payload = _data(session.send.encrypt(plaintext))
         except GreenockamError as exc:
             if source is None:
                 raise
             self.node.drop("secure_channel_unsendable", message, exc)
             return
-        self._count("sent")
-        self._emit(TransportMessage(session.route, session.remote_return, payload), source)
+        self._sent += 1
+        if source is None:
+            session.transmit(payload)
+        else:
+            self.node.deliver(
+                [_new_tuple(TransportMessage, (VERSION, session.route, session.remote_return,
+                                               payload))],
+                source,
+            )
 
     def _sending_session(self, source: Optional[Source]) -> _Session:
         """The session to encrypt with; starts or waits for a renewal when one is due."""
