@@ -77,10 +77,13 @@ class Echoer(Worker):
 
 
 class Sink(Worker):
-    """Takes messages and never answers."""
+    """Takes messages and never answers; ``got`` is set by the first one."""
+
+    def __init__(self):
+        self.got = gevent.event.Event()
 
     def handle_message(self, ctx, msg):
-        pass
+        self.got.set()
 
 
 def dropped(node, reason):
@@ -475,11 +478,12 @@ def test_a_plaintext_too_large_for_one_frame_is_refused_before_anything_is_sent(
 
 def test_closing_a_channel_fails_a_waiting_request_and_frees_its_addresses(local):
     node, _, _ = local
-    node.start_worker("sink", Sink())
+    sink = Sink()
+    node.start_worker("sink", sink)
     endpoints = node.statistics()["endpoints"]
     channel = open_secure_channel(node, ["secure_channel_listener"], timeout=WAIT)
     waiting = gevent.spawn(node.request, [channel.address, "sink"], "anyone?", WAIT)
-    gevent.sleep(0)  # let it send
+    assert sink.got.wait(WAIT)  # the request went through the channel; its reply never comes
     channel.close()
     with pytest.raises(ConnectionLost):
         waiting.get(timeout=WAIT)
@@ -594,15 +598,19 @@ def test_the_echo_scripts_talk_through_a_pinned_secure_channel(tmp_path):
         assert code == 1 and out == "" and "not trusted" in err and err.count("\n") == 1
 
 
-def test_a_channel_through_two_middle_nodes_in_other_processes(tcp_pair):
+@pytest.mark.parametrize("middles", [1, 2])
+def test_a_channel_through_middle_nodes_in_other_processes(tcp_pair, middles):
     a, c, c_address, echoer = tcp_pair
     SecureChannelListener(c)
-    # scripts/echo_server.py as middle nodes, each with a connection to the next hop.
-    with echo_server("--connect", c_address) as m2, echo_server("--connect", m2) as m1:
-        route = [f"1#{m1}", f"1#{m2}", f"1#{c_address}", "secure_channel_listener"]
+    with contextlib.ExitStack() as stack:
+        hops = [c_address]
+        for _ in range(middles):  # scripts/echo_server.py, with a connection to the next hop
+            hops.insert(0, stack.enter_context(echo_server("--connect", hops[0])))
+        route = [f"1#{hop}" for hop in hops] + ["secure_channel_listener"]
         channel = open_secure_channel(a, route, timeout=WAIT)
         assert a.request([channel.address, "echoer"], SECRET, timeout=WAIT).body == SECRET
-        assert channel.remote_route[:3] == Route(route[:3])
+        assert channel.remote_route[:-1] == Route(route[:-1])
+        assert channel_of(c, echoer.seen.get(timeout=WAIT)[2]).peer_key == channel.local_key
 
 
 def rust_binary(name):
