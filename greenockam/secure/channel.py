@@ -31,6 +31,7 @@ from typing import (
     List,
     Optional,
     Set,
+    Tuple,
     Union,
 )
 
@@ -332,8 +333,6 @@ class SecureChannel:
         node: the node it runs on.
         address: the local address that faces local workers (never on the wire).
         initiator: True for the end that opened the channel.
-        last_active: the event loop's time (``node.loop.now()``) when this end last accepted a
-            message from the other end, or was created.
     """
 
     def __init__(
@@ -373,7 +372,6 @@ class SecureChannel:
         self._sent = 0
         self._received = 0
         self._watchers: Dict[int, Callable[[], None]] = {}
-        self.last_active = node.loop.now()  # when the other end was last heard from
         self.address = node.start_endpoint(None, _LocalSide(self))
 
     def __repr__(self) -> str:
@@ -421,6 +419,11 @@ class SecureChannel:
     def remote_route(self) -> Route:
         """Where this end sends its ciphertexts (the other end's remote address last)."""
         return self._established().route
+
+    @property
+    def received(self) -> int:
+        """Messages accepted from the other end so far."""
+        return self._received
 
     @property
     def remaining(self) -> int:
@@ -617,7 +620,6 @@ class SecureChannel:
             self.node.drop("secure_channel_undecryptable", message, exc)
             return
         self._received += 1
-        self.last_active = self.node.loop.now()
         onward = inner[1]
         if not onward:
             self._count("empty_route")
@@ -781,6 +783,8 @@ class SecureChannelListener:
         self._refused = 0
         self.address = node.start_endpoint(address, _ListenerSide(self))
         self.idle_timeout = idle_timeout
+        # Each responder end's message count when last seen changing, and the time then.
+        self._activity: Dict[SecureChannel, Tuple[int, float]] = {}
         self._sweeper: Any = None
         if idle_timeout is not None:
             interval = max(0.01, min(idle_timeout / 4, 1.0))
@@ -788,16 +792,23 @@ class SecureChannelListener:
             self._sweeper.start(self._close_idle)
 
     def _close_idle(self) -> None:
-        """Timer callback, in the hub: close the responder ends idle for too long."""
+        """Timer callback, in the hub: close the responder ends that received nothing for
+        ``idle_timeout`` (checked by their message counts, so receiving costs no clock read)."""
         assert self.idle_timeout is not None
         if not self.node.running:
             self.stop()
             return
-        deadline = self.node.loop.now() - self.idle_timeout
-        for channel in [c for c in self._channels if c.last_active < deadline]:
-            logger.info("secure channel {}: idle for {} s, closed", channel.address,
-                        self.idle_timeout)
-            channel.close()
+        now = self.node.loop.now()
+        activity = self._activity
+        for channel in list(self._channels):
+            seen = activity.get(channel)
+            if seen is None or seen[0] != channel.received:
+                activity[channel] = (channel.received, now)
+            elif now - seen[1] >= self.idle_timeout:
+                logger.info(
+                    "secure channel {}: idle for {} s, closed", channel.address, self.idle_timeout
+                )
+                channel.close()
 
     def __repr__(self) -> str:
         return f"<SecureChannelListener {self.address}, {len(self._channels)} channels>"
@@ -841,6 +852,7 @@ class SecureChannelListener:
         """A responder end closed (by the application, a timeout or a failed handshake)."""
         self._pending.discard(channel)
         self._channels.discard(channel)
+        self._activity.pop(channel, None)
 
     def stop(self, close_channels: bool = False) -> None:
         """Stop accepting channels; with ``close_channels`` also close those it started.
