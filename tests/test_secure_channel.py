@@ -260,6 +260,18 @@ def test_pinned_keys_on_both_sides_open_the_channel(tcp_pair):
     assert a.request([channel.address, "echoer"], "pinned", timeout=WAIT).body == "pinned"
 
 
+def test_a_malformed_trust_set_is_refused_before_anything_starts(local):
+    node, _, _ = local
+    key = public_key(generate_private_key())
+    endpoints = node.statistics()["endpoints"]
+    for bad in [key, [key.hex()], [key[:31]]]:
+        with pytest.raises(LocalProtocolError):
+            SecureChannelListener(node, "never", trust=bad)
+        with pytest.raises(LocalProtocolError):
+            open_secure_channel(node, ["secure_channel_listener"], trust=bad)
+    assert node.statistics()["endpoints"] == endpoints
+
+
 def test_the_initiator_refuses_an_untrusted_responder_at_once(tcp_pair):
     a, c, c_address, _ = tcp_pair
     SecureChannelListener(c, identity=generate_private_key())

@@ -144,11 +144,15 @@ def _verifier(trust: Trust) -> Optional[Callable[[bytes], bool]]:
         return trust
     if isinstance(trust, (bytes, bytearray, str)):
         raise LocalProtocolError("trust takes a collection of public keys, not a single one")
-    keys = frozenset(bytes(key) for key in trust)
-    for key in keys:
-        if len(key) != KEY_SIZE:
-            raise LocalProtocolError(f"a trusted public key is {KEY_SIZE} bytes, got {len(key)}")
-    return keys.__contains__
+    keys = set()
+    for key in trust:
+        if not isinstance(key, (bytes, bytearray, memoryview)) or len(key) != KEY_SIZE:
+            raise LocalProtocolError(
+                f"a trusted public key is {KEY_SIZE} bytes (bytes.fromhex for hex text), "
+                f"got {key!r:.80}"
+            )
+        keys.add(bytes(key))
+    return frozenset(keys).__contains__
 
 
 # Every established channel end of a node by its local address value, for channel_of().
