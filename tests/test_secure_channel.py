@@ -373,7 +373,9 @@ def test_short_and_low_order_handshake_requests_start_no_channel(local):
         for message_1 in [bytes(31), bytes(32), b""]:  # all-zero: a low-order point
             ctx.send_payload(["secure_channel_listener"], encode_create_responder(message_1))
         ctx.send_payload(["secure_channel_listener"], b"\x01\x20" + bytes(32))  # other variant
-    assert dropped(node, "secure_channel_bad_request") == 4
+        message_1 = encode_create_responder(Handshake(initiator=True).write_message())
+        ctx.send_message(TransportMessage(Route(["secure_channel_listener"]), Route(), message_1))
+    assert dropped(node, "secure_channel_bad_request") == 5  # the last: nowhere to answer
     assert listener.pending == 0 and listener.channels == []
 
 

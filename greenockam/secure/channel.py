@@ -568,6 +568,8 @@ class SecureChannel:
         """A handshake message at ``session``'s remote address: message 2 at an initiator,
         message 1 (from the listener) or 3 at a responder. Reading it is all or nothing; the
         route to the other end changes only once the message authenticated."""
+        if not message[2]:
+            raise HandshakeFailed("a handshake message with an empty return route")
         handshake = session.handshake
         handshake.read_message(data)  # raises and changes nothing if it is not genuine
         if handshake.complete:  # message 3: the responder is done
