@@ -411,7 +411,8 @@ class SecureChannel:
     def local_key(self) -> bytes:
         """This end's static X25519 public key: what the peer sees as its :attr:`peer_key`."""
         session = self._current or self._pending
-        assert session is not None
+        if session is None:
+            raise SecureChannelError(f"the secure channel {self.address} is closed")
         return session.handshake.local_static
 
     @property
