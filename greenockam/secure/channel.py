@@ -376,6 +376,11 @@ class SecureChannel:
         self._sent = 0
         self._received = 0
         self._watchers: Dict[int, Callable[[], None]] = {}
+        # The last routes each direction worked on, and what it made of them.
+        self._last_return: Any = None
+        self._last_prepended: Route = Route()
+        self._last_onward: Any = None
+        self._last_rest: Route = Route()
         self.address = node.start_endpoint(None, _LocalSide(self))
 
     def __repr__(self) -> str:
@@ -636,8 +641,11 @@ class SecureChannel:
             self._count("not_local")
             self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
             return
+        ret = inner[2]
+        if ret is not self._last_return:  # the decoder repeats route objects: one prepend each
+            self._last_return, self._last_prepended = ret, ret.prepend(self.address)
         delivered = _new_tuple(
-            TransportMessage, (inner[0], onward, inner[2].prepend(self.address), inner[3])
+            TransportMessage, (inner[0], onward, self._last_prepended, inner[3])
         )
         if source is not None:
             self.node.deliver([delivered], source)
@@ -657,7 +665,10 @@ class SecureChannel:
             LocalProtocolError: the message cannot fit in one frame through this channel.
         """
         try:
-            rest = message[1].pop_front()
+            onward = message[1]
+            if onward is not self._last_onward:  # senders repeat route objects: one pop each
+                self._last_onward, self._last_rest = onward, onward.pop_front()
+            rest = self._last_rest
             if not rest:
                 raise RouteError(f"nothing to send to after the secure channel {self.address}")
             session = self._sending_session(source)
