@@ -37,6 +37,8 @@ setup(
         # install on 3.8-3.13. pip keeps 3.8 on 47.0 (the last release for 3.8, cp38-abi3
         # wheel) by the releases' own python_requires, so one unmarked range fits all.
         "cryptography>=42",
+        # Typed messages read Annotated declarations (typing.Annotated is 3.9+).
+        'typing_extensions>=4.0; python_version < "3.9"',
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-timeout"],

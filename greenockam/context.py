@@ -29,7 +29,7 @@ from .errors import (
     RouteError,
 )
 from .mailbox import Mailbox
-from .message import Routed
+from .message import BadPayload, Routed
 from .transport.base import Cancel, Held, Outlet, Source
 from .wire import VERSION, TransportMessage
 
@@ -55,6 +55,26 @@ class _Signal:
 
 
 _STOPPED = _Signal(NodeStopped, "{} was stopped", repeat=True)
+
+
+class _Relay:
+    """The source of what a context forwards (:meth:`Context.forward`): paused while a
+    destination it fed is past its bound."""
+
+    __slots__ = ("peer", "paused")
+
+    def __init__(self, address: Address) -> None:
+        self.peer = f"worker {address}"
+        self.paused = False
+
+    def read(self) -> List[TransportMessage]:
+        return []
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
 
 class Context:
@@ -86,6 +106,7 @@ class Context:
         "_low_water",
         "_stopping",
         "_send_wait",
+        "_relay",
     )
 
     def __init__(
@@ -106,6 +127,7 @@ class Context:
         self._low_water = node.mailbox_size // 2
         self._stopping = False
         self._send_wait: Optional[Event] = None  # what a send of this worker waits on
+        self._relay = _Relay(self.address)
 
     def __repr__(self) -> str:
         return f"<Context {self.address}>"
@@ -174,15 +196,27 @@ class Context:
 
     def forward(self, msg: Routed) -> None:
         """Pass ``msg`` on as a middleware hop (docs/protocol.md, rule 5): pop this hop from the
-        onward route, prepend it to the return route, keep the payload unchanged."""
+        onward route, prepend it to the return route, keep the payload unchanged.
+
+        A forward follows the router's rules for forwarded messages (:meth:`Node.relay`): it
+        never blocks and never raises for the next hop (an unknown address, no open connection,
+        a connect failure are logged at a bounded rate and counted), and a TCP hop is dialed
+        only as the transport's connect policy allows. While a destination it forwarded to is
+        past its bound, further forwards are dropped and counted as ``output_full``.
+
+        Raises:
+            RouteError: this context is not the next hop of ``msg``.
+        """
         onward = msg[1]
         if not onward or onward[0] not in self.addresses:
             raise RouteError(f"{self.address} is not the next hop of {str(onward)!r}")
-        self.node.dispatch(
-            _new_tuple(
-                TransportMessage, (msg[0], onward.pop_front(), msg[2].prepend(onward[0]), msg[3])
-            )
+        message = _new_tuple(
+            TransportMessage, (msg[0], onward.pop_front(), msg[2].prepend(onward[0]), msg[3])
         )
+        if self._relay.paused:
+            self.node.drop("output_full", message, self._relay)
+            return
+        self.node.relay(message, self._relay)
 
     def request(
         self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
@@ -230,9 +264,33 @@ class Context:
         Raises:
             ReceiveTimeout: nothing arrived in time.
             NodeStopped: the context was closed while waiting.
+            ConnectionLost: (in a request) the connection the reply had to come on closed.
             RemoteProtocolError: the payload is not a valid ``message_type``; the message is
                 dropped (counted as ``bad_payload``).
         """
+        msg = self._take(timeout)
+        decode = self._decode if message_type is None else self.codec.decoder(message_type)
+        try:
+            body = decode(msg[3])
+        except RemoteProtocolError as exc:
+            self.node.drop("bad_payload", msg, exc)
+            raise
+        return _new_tuple(Routed, msg + (msg[1][0], body))
+
+    def receive_any(self, timeout: Optional[float] = None) -> Routed:
+        """Like :meth:`receive` with the context's type, but a payload that is not a valid value
+        of it is delivered too: reading its :attr:`Routed.body` raises
+        :class:`RemoteProtocolError`. A worker's handler gets its messages this way, so a worker
+        that only forwards never loses a message for its payload."""
+        msg = self._take(timeout)
+        try:
+            body = self._decode(msg[3])
+        except RemoteProtocolError as exc:
+            body = BadPayload(exc)
+        return _new_tuple(Routed, msg + (msg[1][0], body))
+
+    def _take(self, timeout: Optional[float]) -> TransportMessage:
+        """The next message out of the mailbox (see :meth:`receive`)."""
         mailbox = self.mailbox
         items = mailbox.items
         if items:  # the common case under load: no waiting, no call into the mailbox
@@ -250,13 +308,7 @@ class Context:
             raise msg.error(msg.text.format(self.address))
         if self._held and len(items) <= self._low_water:
             self._held.release()
-        decode = self._decode if message_type is None else self.codec.decoder(message_type)
-        try:
-            body = decode(msg[3])
-        except RemoteProtocolError as exc:
-            self.node.drop("bad_payload", msg, exc)
-            raise
-        return _new_tuple(Routed, msg + (msg[1][0], body))
+        return msg  # type: ignore[no-any-return]
 
     def receive_nowait(self, message_type: Any = None) -> Routed:
         """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""

@@ -6,11 +6,22 @@ from operator import itemgetter
 from typing import Any
 
 from .address import Address, Route
+from .errors import RemoteProtocolError
 from .wire import TransportMessage
 
-__all__ = ["Routed"]
+__all__ = ["Routed", "BadPayload"]
 
 _new_tuple = tuple.__new__
+
+
+class BadPayload:
+    """What :attr:`Routed.body` holds for a payload that could not be decoded: reading the body
+    raises ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RemoteProtocolError) -> None:
+        self.error = error
 
 
 class Routed(tuple):
@@ -30,10 +41,18 @@ class Routed(tuple):
     return_route = property(itemgetter(2), doc="The route back to the sender.")
     payload = property(itemgetter(3), doc="The raw payload bytes.")
     address = property(itemgetter(4), doc="The local address it was delivered to.")
-    body = property(
-        itemgetter(5),
-        doc="The payload decoded with the receiver's codec and message type (``str`` by default).",
-    )
+    @property
+    def body(self) -> Any:
+        """The payload decoded with the receiver's codec and message type (``str`` by default).
+
+        Raises:
+            RemoteProtocolError: the payload is not a valid value of that type (a worker's
+                handler gets the message anyway, so one that only forwards it never loses it).
+        """
+        body = self[5]
+        if type(body) is BadPayload:
+            raise body.error
+        return body
 
     def __new__(cls, message: TransportMessage, address: Address, body: Any) -> "Routed":
         return _new_tuple(cls, message + (address, body))

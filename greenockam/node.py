@@ -15,19 +15,24 @@ flow control) are in :mod:`greenockam.transport.base`.
 
 from __future__ import annotations
 
+import signal
+import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import gevent
 from gevent import Greenlet, GreenletExit, get_hub, getcurrent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from loguru import logger
 
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
 from .codecs import Codec, get_codec
 from .context import Context
+from .faults import FaultLog, printable
 from .errors import (
     AddressError,
     AddressInUse,
+    ConnectFailed,
+    ConnectionLost,
     MailboxFull,
     NodeStopped,
     RemoteProtocolError,
@@ -68,6 +73,8 @@ class Node:
         codec: the default payload codec.
         hub: the gevent hub the node runs in.
         endpoints: the local endpoints by address value (read-only; see :meth:`start_endpoint`).
+        faults: the :class:`~greenockam.faults.FaultLog` through which the node and its
+            transports log what peers cause, at a bounded rate.
     """
 
     mailbox_size = 4096
@@ -89,6 +96,8 @@ class Node:
         self._routed = 0  # messages dispatched for local senders
         self._handler_errors = 0
         self._dropped: Dict[str, int] = {}
+        self.faults = FaultLog(self.hub.loop)
+        self._stopped = Event()  # set when stop() begins
         self._app = self.open_context("app")
         self._router = Router(self, self._contexts, self._endpoints, self._transports)
 
@@ -275,24 +284,19 @@ class Node:
         started.set(ctx.address)
         self._worker_greenlets[getcurrent()] = ctx
         handle = worker.handle_message
-        receive = ctx.receive
+        receive = ctx.receive_any
         try:
             while not ctx.stopping:
-                try:
-                    msg = receive()
-                except RemoteProtocolError:
-                    continue  # a payload that is not a message_type: dropped and counted
+                msg = receive()
                 try:
                     handle(ctx, msg)
+                except RemoteProtocolError as exc:  # the peer's bytes, not a bug of the handler
+                    self.drop("bad_payload", msg.transport_message, exc)
                 except Exception as exc:
                     if isinstance(exc, NodeStopped) and ctx.stopping:
                         continue  # woken by this worker's own stop: the loop ends here
                     self._handler_errors += 1
-                    logger.opt(exception=True).error(
-                        "worker {} failed to handle a message from {}",
-                        ctx.address,
-                        str(msg.return_route)[:200],
-                    )
+                    self._log_handler_error(ctx, msg, exc)
         except (NodeStopped, GreenletExit):
             pass
         finally:
@@ -303,6 +307,28 @@ class Node:
                 worker.shutdown(ctx)
             except Exception:
                 logger.opt(exception=True).error("worker {} failed in shutdown", ctx.address)
+
+    def _log_handler_error(self, ctx: Context, msg: Routed, exc: Exception) -> None:
+        """A handler raised. A failure the peer caused (its connection closed or refused) is a
+        fault, rate-limited and without a traceback; anything else is a bug in the handler,
+        logged with its traceback (never the values of its variables, which may hold payloads)."""
+        sender = printable(msg[2])
+        if isinstance(exc, (ConnectionLost, ConnectFailed)):
+            self.faults.warning(
+                "reply_failed",
+                printable(msg[2][0][1]) if msg[2] else "local",
+                "worker {} could not answer {}: {}",
+                ctx.address,
+                sender,
+                printable(exc),
+            )
+            return
+        logger.error(
+            "worker {} failed to handle a message from {}:\n{}",
+            ctx.address,
+            sender,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+        )
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -350,6 +376,19 @@ class Node:
                 raise UnknownAddress(f"no transport for address type {kind} (next hop {onward[0]})")
             transport.send(msg, None)
         self._routed += 1
+
+    def relay(self, msg: TransportMessage, source: Source) -> None:
+        """Route ``msg`` as a message forwarded from ``source`` (a middleware hop): the rules
+        of the router greenlet, in the calling greenlet: never blocks, never raises; what cannot
+        be delivered is logged (at a bounded rate) and counted; a destination past its bound
+        pauses ``source``; a TCP hop is dialed only as the transport's connect policy allows.
+
+        Raises:
+            NodeStopped: the node is stopped.
+        """
+        if self._state != _RUNNING:
+            raise NodeStopped("the node is stopped")
+        self._router.relay(msg, source)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
         """The fast path of the transport for ``route``'s first hop, if it offers one (see
@@ -401,13 +440,15 @@ class Node:
         source it came from, an exception, or None."""
         self.count_drop(reason)
         origin = getattr(cause, "peer", None)
-        logger.warning(
-            "dropped a message ({}): onward {!r}, return {!r}, {} payload bytes{}",
+        self.faults.warning(
             reason,
-            str(msg[1])[:200],
-            str(msg[2])[:200],
+            origin or "local",
+            "dropped a message ({}): onward {}, return {}, {} payload bytes{}",
+            reason,
+            printable(msg[1]),
+            printable(msg[2]),
             len(msg[3]),
-            f", from {origin}" if origin else (f": {cause}" if cause else ""),
+            f", from {origin}" if origin else (f": {printable(cause)}" if cause else ""),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -416,6 +457,23 @@ class Node:
     def running(self) -> bool:
         """False once :meth:`stop` has begun."""
         return self._state == _RUNNING
+
+    def serve_forever(
+        self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+    ) -> Optional[int]:
+        """Serve until one of ``signals`` arrives (or another greenlet calls :meth:`stop`), then
+        stop gracefully (:meth:`stop`). Returns the signal that ended it, or None. Call it from
+        the main greenlet of a program whose work is done by workers and transports.
+        """
+        received: AsyncResult = AsyncResult()
+        handlers = [gevent.signal_handler(sig, received.set, sig) for sig in signals]
+        self._stopped.rawlink(lambda _: received.set(None))
+        try:
+            return received.get()  # type: ignore[no-any-return]
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.stop()
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop the node: the router greenlet ends, every worker finishes the message in hand
@@ -428,6 +486,7 @@ class Node:
         if self._state != _RUNNING:
             return
         self._state = _STOPPING
+        self._stopped.set()
         timeout = self.stop_timeout if timeout is None else timeout
         self._router.stop()
         current = getcurrent()
@@ -445,6 +504,7 @@ class Node:
         for ctx in list(self._contexts.values()):
             ctx.close()
         self._endpoints.clear()
+        self.faults.flush()
         logger.debug("node stopped: {}", self.statistics())
 
     # -- statistics -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from gevent.hub import Waiter
 from loguru import logger
 
 from .address import LOCAL
+from .faults import printable
 from .transport.base import Endpoint, Source, Transport
 from .wire import TransportMessage
 
@@ -110,13 +111,10 @@ class Router:
 
     def _run(self) -> None:
         """Read what is ready, dispatch it; never raises, never blocks."""
-        contexts = self._contexts
-        transports = self._transports
         ready = self._ready
         hub = self._hub
         run_callback = hub.loop.run_callback
-        mailbox_size = self.node.mailbox_size
-        drop = self.node.drop
+        route = self.route
         wake: List[Waiter] = []  # receivers to wake once the batch is dispatched
         while True:
             while ready:
@@ -127,38 +125,7 @@ class Router:
                     except Exception:  # a transport bug must not take the router down
                         logger.opt(exception=True).error("reading from {} failed", source.peer)
                         continue
-                last_onward: Any = None
-                last_ctx: Any = None
-                for msg in messages:
-                    onward = msg[1]
-                    if onward is last_onward:
-                        ctx = last_ctx
-                    else:
-                        last_onward = None  # until this route resolves to a local context
-                        if not onward:
-                            drop("empty_route", msg, source)
-                            continue
-                        kind, value = onward[0]
-                        if kind != LOCAL:
-                            transport = transports.get(kind)
-                            if transport is None:
-                                drop("unknown_transport", msg, source)
-                                continue
-                            transport.send(msg, source)
-                            self.routed += 1
-                            continue
-                        ctx = contexts.get(value)
-                        if ctx is None:
-                            self._to_endpoint(msg, source)
-                            continue
-                        last_onward, last_ctx = onward, ctx
-                    mailbox = ctx.mailbox
-                    waiter = mailbox.push(msg)
-                    if waiter is not None:
-                        wake.append(waiter)
-                    if len(mailbox) > mailbox_size:
-                        ctx.hold(source)
-                    self.routed += 1
+                route(messages, source, wake)
             self._idle = True
             if wake:
                 last = wake.pop()
@@ -171,6 +138,57 @@ class Router:
             else:
                 hub.switch()  # until readable() or _wake switches back
 
+    def route(
+        self, messages: List[TransportMessage], source: Source, wake: List[Waiter]
+    ) -> None:
+        """Dispatch messages that came from ``source`` (docs/protocol.md, rule 2), never
+        raising or blocking; the receivers to wake are appended to ``wake``. Called by the
+        router greenlet for what it read, and by a middleware worker's ``forward``."""
+        contexts = self._contexts
+        transports = self._transports
+        mailbox_size = self.node.mailbox_size
+        drop = self.node.drop
+        last_onward: Any = None
+        last_ctx: Any = None
+        for msg in messages:
+            onward = msg[1]
+            if onward is last_onward:
+                ctx = last_ctx
+            else:
+                last_onward = None  # until this route resolves to a local context
+                if not onward:
+                    drop("empty_route", msg, source)
+                    continue
+                kind, value = onward[0]
+                if kind != LOCAL:
+                    transport = transports.get(kind)
+                    if transport is None:
+                        drop("unknown_transport", msg, source)
+                        continue
+                    transport.send(msg, source)
+                    self.routed += 1
+                    continue
+                ctx = contexts.get(value)
+                if ctx is None:
+                    self._to_endpoint(msg, source)
+                    continue
+                last_onward, last_ctx = onward, ctx
+            mailbox = ctx.mailbox
+            waiter = mailbox.push(msg)
+            if waiter is not None:
+                wake.append(waiter)
+            if len(mailbox) > mailbox_size:
+                ctx.hold(source)
+            self.routed += 1
+
+    def relay(self, message: TransportMessage, source: Source) -> None:
+        """Dispatch one message by the router's rules from outside the router greenlet (a
+        middleware worker's ``forward``), waking its receiver through the hub."""
+        wake: List[Waiter] = []
+        self.route([message], source, wake)
+        for waiter in wake:
+            self._hub.loop.run_callback(waiter.switch, None)
+
     def _to_endpoint(self, msg: TransportMessage, source: Source) -> None:
         endpoint = self._endpoints.get(msg[1][0][1])
         if endpoint is None:
@@ -179,6 +197,6 @@ class Router:
         try:
             endpoint.handle(msg, source)
         except Exception:  # an endpoint bug must not take the router down
-            logger.opt(exception=True).error("endpoint {} failed", msg[1][0])
+            logger.opt(exception=True).error("endpoint {} failed", printable(msg[1][0]))
             self.node.count_drop("endpoint_error")
         self.routed += 1

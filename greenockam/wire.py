@@ -21,6 +21,8 @@ import struct
 from typing import Any, Dict, List, Optional, Tuple
 
 from .address import Address, Route
+from .codecs.primitives import BYTE as _BYTE
+from .codecs.primitives import decode_uint, encode_uint
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -43,7 +45,6 @@ _ROUTE_CACHE_SIZE = 4096
 
 _new_tuple = tuple.__new__
 _pack_header = struct.Struct(">HB").pack  # frame length, then the version byte of the body
-_BYTE = [bytes((i,)) for i in range(256)]
 
 # Route -> its encoding, and the encoding of both routes -> (onward, return). Cleared wholesale
 # when full: a peer that sends endless distinct routes costs us re-parsing, never memory.
@@ -92,53 +93,6 @@ class TransportMessage(tuple):
             f"TransportMessage(onward={str(self[1])!r}, return={str(self[2])!r}, "
             f"payload={len(self[3])} bytes, version={self[0]})"
         )
-
-
-# --- BARE uint -------------------------------------------------------------------------------
-
-
-def encode_uint(value: int) -> bytes:
-    """Unsigned LEB128, as BARE writes a ``uint``: ``300`` -> ``b"\\xac\\x02"``."""
-    if value < 0x80:
-        if value < 0:
-            raise LocalProtocolError(f"a BARE uint cannot be negative: {value}")
-        return _BYTE[value]
-    if value >= 1 << 64:
-        raise LocalProtocolError(f"a BARE uint holds at most 64 bits: {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_uint(
-    data: bytes, pos: int = 0, end: Optional[int] = None, base: int = 0
-) -> Tuple[int, int]:
-    """Read a BARE ``uint`` at ``pos``; return ``(value, position after it)``.
-
-    Non-canonical forms (``82 00`` for 2) are accepted, as by the Rust decoder.
-
-    Raises:
-        RemoteProtocolError: the data ends inside the uint, or it overflows 10 bytes / 64 bits.
-    """
-    if end is None:
-        end = len(data)
-    value = 0
-    shift = 0
-    start = pos
-    while True:
-        if pos >= end:
-            raise RemoteProtocolError(f"data ends inside a uint at offset {start - base}")
-        byte = data[pos]
-        pos += 1
-        if shift == 63 and byte > 1:
-            raise RemoteProtocolError(f"uint overflows 64 bits at offset {start - base}")
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 # --- routes ----------------------------------------------------------------------------------

@@ -22,15 +22,13 @@ exits 0.
 """
 
 import argparse
-import signal
 import sys
 
-import gevent
-from gevent.event import Event
 from loguru import logger
 
 from _cli import add_common_options, add_secure_options, secure_options, start_logging
 from greenockam import ConnectFailed, Node, Worker
+from greenockam.faults import printable
 from greenockam.secure import SecureChannelListener, public_key
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
@@ -42,8 +40,10 @@ class Responder(Worker):
         self.log_each = log_each
 
     def handle_message(self, ctx, msg):
-        if self.log_each:
-            logger.info("Responder: {}", msg.body)
+        if self.log_each:  # as Rust's example prints each message; bounded per sending host
+            ctx.node.faults.info(
+                "echoed", str(msg.return_route[0]), "Responder: {}", printable(msg.body)
+            )
         ctx.reply(msg, msg.body)
 
 
@@ -73,10 +73,6 @@ def main(argv=None) -> int:
 
     start_logging(args.log_level)
 
-    stop = Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, stop.set)
-
     node = Node(codec=args.codec)
     try:
         tcp = TcpTransport(node)
@@ -89,7 +85,7 @@ def main(argv=None) -> int:
             logger.info("secure channel public key {}", public_key(identity).hex())
         # A line the caller can wait for (the bound port matters when asked for port 0).
         print(f"{args.worker} listening on {bound}", flush=True)
-        stop.wait()
+        node.serve_forever()  # until SIGINT or SIGTERM
         logger.info("stopping")
     except ConnectFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

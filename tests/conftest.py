@@ -2,7 +2,7 @@
 
 import gevent
 import pytest
-from helpers import live_greenlets
+from helpers import Net, live_greenlets
 
 from greenockam import Node
 
@@ -27,3 +27,13 @@ def node():
     n = Node()
     yield n
     n.stop(timeout=2.0)
+
+
+@pytest.fixture
+def net():
+    """Nodes, transports and raw sockets of one test (see helpers.Net), all closed at the end."""
+    n = Net()
+    try:
+        yield n
+    finally:
+        n.close()

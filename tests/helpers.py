@@ -3,9 +3,15 @@ independent of greenockam, that the tests compare greenockam's bytes with (it is
 the Rust vectors in test_tcp.py), and socket helpers for raw test peers."""
 
 import gc
+import socket
 import struct
 
 import gevent
+import gevent.socket
+from gevent.event import Event
+
+from greenockam import Node, Worker
+from greenockam.transport.tcp import TcpTransport
 
 WAIT = 10.0  # seconds: the default bound on a single socket wait
 
@@ -96,3 +102,104 @@ def assert_closed_by_peer(sock, timeout=WAIT):
 def live_greenlets():
     """Every gevent Greenlet alive now (the node's router and workers among them)."""
     return {o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead}
+
+
+# --- nodes and raw peers of one test -------------------------------------------------------------
+
+
+def peer_name(sockaddr):
+    """A socket address as Rust prints it, computed here independently of greenockam."""
+    host, port = sockaddr[0], sockaddr[1]
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def wait_until(predicate, what, timeout=WAIT):
+    """Poll a condition that has no event of its own, up to ``timeout`` seconds."""
+    with gevent.Timeout(timeout, AssertionError("timed out waiting until " + what)):
+        while not predicate():
+            gevent.sleep(0.005)
+
+
+class Echo(Worker):
+    """Replies with the body; records every message it got in ``seen`` if given."""
+
+    def __init__(self, seen=None):
+        self.seen = seen
+
+    def handle_message(self, ctx, msg):
+        if self.seen is not None:
+            self.seen.put(msg)
+        ctx.reply(msg, msg.body)
+
+
+class Net:
+    """Nodes, transports and raw gevent sockets of one test, all closed at the end."""
+
+    def __init__(self):
+        self.nodes = []
+        self.socks = []
+
+    def node(self, codec=None, listen=False, echo=False, **tcp_options):
+        node = Node(codec=codec)
+        self.nodes.append(node)
+        tcp = TcpTransport(node, **tcp_options)
+        address = tcp.listen("127.0.0.1:0") if listen else None
+        if echo:
+            node.start_worker("echo_service", Echo())
+        return node, tcp, address
+
+    def listener(self, host="127.0.0.1"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+        self.socks.append(sock)
+        sock.bind((host, 0))
+        sock.listen(64)
+        return sock, peer_name(sock.getsockname())
+
+    def accept(self, listener, timeout=WAIT):
+        listener.settimeout(timeout)
+        conn, _ = listener.accept()
+        self.socks.append(conn)
+        conn.settimeout(timeout)
+        return conn
+
+    def connect(self, address, timeout=WAIT):
+        sock = gevent.socket.create_connection(split_host_port(address), timeout=timeout)
+        self.socks.append(sock)
+        sock.settimeout(timeout)
+        return sock
+
+    def refused_address(self):
+        """A port bound but not listening: connecting to it is refused, and nobody can take it."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socks.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        return peer_name(sock.getsockname())
+
+    def close(self):
+        for sock in self.socks:
+            sock.close()
+        for node in reversed(self.nodes):
+            node.stop(timeout=2.0)
+
+
+class LogLines:
+    """A loguru sink that keeps the messages of one test and lets it wait for one."""
+
+    def __init__(self):
+        self.lines = []
+        self._new = Event()
+
+    def sink(self, message):
+        self.lines.append(message.record["message"])
+        self._new.set()
+
+    def wait_for(self, *parts, timeout=WAIT):
+        def found():
+            return any(all(p in line for p in parts) for line in self.lines)
+
+        failure = AssertionError("no log line with %r in %r" % (parts, self.lines))
+        with gevent.Timeout(timeout, failure):
+            while not found():
+                self._new.clear()
+                self._new.wait()

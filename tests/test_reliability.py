@@ -323,9 +323,10 @@ class EchoServerProcess:
             pipe.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def echo_process():
-    """One echo_server.py for the module's tests that only talk to it."""
+    """An echo_server.py of the test's own (a server logs only the first few faults of a kind
+    from one host per interval, so tests that count log lines cannot share one)."""
     server = EchoServerProcess()
     yield server
     server.stop()

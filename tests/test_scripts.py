@@ -229,7 +229,7 @@ def test_a_route_through_two_servers_is_forwarded_by_the_first_and_answered_by_t
         tmp_path, "--connect", b.address, log_level="INFO"
     ) as a:
         route = "1#%s => 1#%s => echo_service" % (a.address, b.address)
-        result = run_client("--route", route)
+        result = run_client("--route", route, "--log-level", "INFO")
         assert result.returncode == 0, result.stderr
         assert result.stdout == HELLO + "\n"
         # the reply came back through A: the client only ever talked to A
@@ -291,13 +291,44 @@ def test_the_client_exits_non_zero_with_one_error_line_when_the_connection_is_re
     [["localhost"], ["127.0.0.1:port"], ["127.0.0.1:70000"], ["--route", "1#a#b => echo_service"]],
     ids=["no-port", "port-not-a-number", "port-too-big", "bad-route"],
 )
-def test_the_client_prints_a_usage_line_for_a_bad_address(args):
+def test_the_client_prints_one_error_line_naming_the_bad_argument(args):
     result = run_client(*args)
     assert result.returncode != 0
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Usage:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert ("--route" if args[0] == "--route" else "HOST:PORT " + repr(args[0])) in lines[0]
+
+
+def test_the_client_refuses_an_address_together_with_a_route():
+    result = run_client("127.0.0.1:1", "--route", "1#127.0.0.1:1 => echo_service")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: give either HOST:PORT or --route, not both"
+
+
+def test_the_client_prints_only_the_reply_by_default(tmp_path):
+    with echo_server(tmp_path) as server:
+        result = run_client(server.address)
+    assert result.returncode == 0
+    assert result.stdout == HELLO + "\n"
+    assert result.stderr == ""
+
+
+def test_a_reply_timeout_of_zero_is_not_a_connect_timeout():
+    with raw_listener() as (listener, address):
+        proc = start_client(address, "--timeout", "0")
+        try:
+            conn, _ = listener.accept()
+            try:
+                code, out, err = finish_client(proc)
+            finally:
+                conn.close()
+        finally:
+            end_process(proc)
+    assert code == 1 and out == ""
+    (line,) = error_lines(err)
+    assert "no reply" in line, err
 
 
 def test_the_client_gives_up_after_its_timeout_with_one_error_line():

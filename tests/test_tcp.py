@@ -32,7 +32,12 @@ from greenockam import (
 )
 from greenockam.transport.tcp import TcpTransport
 from helpers import (
+    Echo,
+    LogLines,
     assert_closed_by_peer,
+    live_greenlets,
+    peer_name,
+    wait_until,
     bare_str,
     recv_exact,
     recv_frame,
@@ -92,121 +97,6 @@ def test_the_reference_encoder_of_these_tests_reproduces_the_vectors():
 # --- raw peers and helpers ----------------------------------------------------------------------
 
 
-
-
-def peer_name(sockaddr):
-    """A socket address as Rust prints it, computed here independently of greenockam."""
-    host, port = sockaddr[0], sockaddr[1]
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-
-
-
-
-
-
-
-
-def wait_until(predicate, what, timeout=T):
-    """Poll a condition that has no event of its own, up to ``timeout`` seconds."""
-    with gevent.Timeout(timeout, AssertionError("timed out waiting until " + what)):
-        while not predicate():
-            gevent.sleep(0.005)
-
-
-def live_greenlets():
-    return {o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead}
-
-
-class Echo(Worker):
-    """Replies with the body; records every message it got in ``seen`` if given."""
-
-    def __init__(self, seen=None):
-        self.seen = seen
-
-    def handle_message(self, ctx, msg):
-        if self.seen is not None:
-            self.seen.put(msg)
-        ctx.reply(msg, msg.body)
-
-
-class Net:
-    """Nodes, transports and raw gevent sockets of one test, all closed at the end."""
-
-    def __init__(self):
-        self.nodes = []
-        self.socks = []
-
-    def node(self, codec=None, listen=False, echo=False, **tcp_options):
-        node = Node(codec=codec)
-        self.nodes.append(node)
-        tcp = TcpTransport(node, **tcp_options)
-        address = tcp.listen("127.0.0.1:0") if listen else None
-        if echo:
-            node.start_worker("echo_service", Echo())
-        return node, tcp, address
-
-    def listener(self, host="127.0.0.1"):
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = gevent.socket.socket(family, socket.SOCK_STREAM)
-        self.socks.append(sock)
-        sock.bind((host, 0))
-        sock.listen(64)
-        return sock, peer_name(sock.getsockname())
-
-    def accept(self, listener, timeout=T):
-        listener.settimeout(timeout)
-        conn, _ = listener.accept()
-        self.socks.append(conn)
-        conn.settimeout(timeout)
-        return conn
-
-    def connect(self, address, timeout=T):
-        sock = gevent.socket.create_connection(split_host_port(address), timeout=timeout)
-        self.socks.append(sock)
-        sock.settimeout(timeout)
-        return sock
-
-    def refused_address(self):
-        """A port bound but not listening: connecting to it is refused, and nobody can take it."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socks.append(sock)
-        sock.bind(("127.0.0.1", 0))
-        return peer_name(sock.getsockname())
-
-    def close(self):
-        for sock in self.socks:
-            sock.close()
-        for node in reversed(self.nodes):
-            node.stop(timeout=2.0)
-
-
-@pytest.fixture
-def net():
-    n = Net()
-    try:
-        yield n
-    finally:
-        n.close()
-
-
-class LogLines:
-    def __init__(self):
-        self.lines = []
-        self._new = Event()
-
-    def sink(self, message):
-        self.lines.append(message.record["message"])
-        self._new.set()
-
-    def wait_for(self, *parts, timeout=T):
-        def found():
-            return any(all(p in line for p in parts) for line in self.lines)
-
-        failure = AssertionError("no log line with %r in %r" % (parts, self.lines))
-        with gevent.Timeout(timeout, failure):
-            while not found():
-                self._new.clear()
-                self._new.wait()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import itertools
 import struct
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -40,6 +41,7 @@ from loguru import logger
 
 from ..address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
 from ..codecs import BARE
+from ..codecs.typed import TaggedUnion, decoder, encoder
 from ..context import Context
 from ..errors import (
     GreenockamError,
@@ -77,6 +79,8 @@ __all__ = [
     "SecureChannelListener",
     "open_secure_channel",
     "channel_of",
+    "ListenerMessage",
+    "CreateResponderChannel",
     "encode_create_responder",
     "decode_create_responder",
 ]
@@ -99,24 +103,36 @@ class HandshakeTimeout(SecureChannelError, ReceiveTimeout):
     waited for it is closed."""
 
 
+class ListenerMessage(TaggedUnion):
+    """What a secure channel listener takes: Rust 2021's ``SecureChannelListenerMessage``, a
+    serde enum with a single variant (docs/secure-channel.md, section 6)."""
+
+
+@dataclass
+class CreateResponderChannel(ListenerMessage):
+    """Variant 0: start a responder end and hand it handshake message 1 (a ``Vec<u8>``)."""
+
+    message: bytes
+
+
+_encode_listener_message = encoder(ListenerMessage)
+_decode_listener_message = decoder(ListenerMessage)
+
+
 def encode_create_responder(message_1: bytes) -> bytes:
-    """The listener's request payload: the serde enum ``CreateResponderChannel`` of Rust 2021,
-    variant index 0, then handshake message 1 as ``data<>`` (docs/secure-channel.md,
-    section 6). The listener's message is encoded here and in :func:`decode_create_responder`
-    only."""
-    return b"\x00" + _data(message_1)
+    """The listener's request payload for handshake message 1: variant index 0, then the
+    message as ``data<>``."""
+    return _encode_listener_message(CreateResponderChannel(message_1))
 
 
 def decode_create_responder(payload: bytes) -> bytes:
     """Handshake message 1 out of a listener request (see :func:`encode_create_responder`).
 
     Raises:
-        RemoteProtocolError: another variant, or not a ``data<>`` after the index.
+        RemoteProtocolError: another variant index, or not a ``data<>`` after it.
     """
-    if not payload or payload[0] != 0:
-        variant = payload[0] if payload else "none"
-        raise RemoteProtocolError(f"a listener request has variant 0, got {variant}")
-    return _undata(payload[1:])
+    request: CreateResponderChannel = _decode_listener_message(payload)
+    return request.message
 
 
 def _data(raw: bytes) -> bytes:
@@ -595,13 +611,20 @@ class SecureChannel:
     # -- the two directions -----------------------------------------------------------------
 
     def _emit(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Send ``message`` from this end: in the local sender's greenlet (``source`` None, may
-        block and raise), or handed to the router as if ``source`` had brought it (never
-        blocks, failures are dropped and counted by the router)."""
+        """Send ``message`` from this end: as a local sender (``source`` None: may block and
+        raise), or by the router's rules as if ``source`` had brought it (:meth:`_relay`)."""
         if source is None:
             self.node.dispatch(message)
         else:
-            self.node.deliver([message], source)
+            self._relay(message, source)
+
+    def _relay(self, message: TransportMessage, source: Source) -> None:
+        """Route ``message`` now, in this greenlet, as forwarded from ``source``: never blocks or
+        raises; a full destination pauses ``source``; failures are logged and counted."""
+        try:
+            self.node.relay(message, source)
+        except NodeStopped:
+            self.node.drop("stopped", message, source)
 
     def from_remote(
         self, session: _Session, message: TransportMessage, source: Optional[Source]
@@ -648,7 +671,7 @@ class SecureChannel:
             TransportMessage, (inner[0], onward, self._last_prepended, inner[3])
         )
         if source is not None:
-            self.node.deliver([delivered], source)
+            self._relay(delivered, source)
             return
         try:
             self.node.dispatch(delivered)
@@ -688,9 +711,10 @@ class SecureChannel:
         if source is None:
             session.transmit(payload)
         else:
-            self.node.deliver(
-                [_new_tuple(TransportMessage, (VERSION, session.route, session.remote_return,
-                                               payload))],
+            self._relay(
+                _new_tuple(
+                    TransportMessage, (VERSION, session.route, session.remote_return, payload)
+                ),
                 source,
             )
 

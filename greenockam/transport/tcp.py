@@ -63,6 +63,7 @@ from ..wire import (
     encode_route,
     frame_with_routes,
 )
+from ..faults import printable
 from .base import Cancel, Endpoint, Held, Outlet, Source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,7 @@ __all__ = ["TcpTransport", "Connection", "parse_host_port", "format_peer"]
 
 _CONNECTING, _OPEN, _CLOSED = 0, 1, 2
 _watch_keys = itertools.count()
+_GONE_LIMIT = 4096  # closed client connections remembered so that replies never dial them
 
 
 def parse_host_port(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
@@ -310,7 +312,13 @@ class Connection:
         try:
             return self._decoder.feed(data)
         except RemoteProtocolError as exc:
-            logger.warning("malformed frame from {}: {}; closing the connection", self.peer, exc)
+            self._node.faults.warning(
+                "malformed_frame",
+                self.peer,
+                "malformed frame from {}: {}; closing the connection",
+                self.peer,
+                printable(exc),
+            )
             self._transport._count("malformed_frames")
             self.close(exc)
             return exc.messages  # type: ignore[attr-defined,no-any-return]
@@ -322,19 +330,26 @@ class Connection:
         if self._state == _CLOSED:
             return
         was_open = self._state == _OPEN
+        faults = self._node.faults
         if self._decoder.buffered and reason != "transport stopped":
-            logger.warning(
+            faults.warning(
+                "truncated_frame",
+                self.peer,
                 "connection {} {} in the middle of a frame; dropped its {} bytes",
                 self.peer,
-                reason,
+                printable(reason),
                 self._decoder.buffered,
             )
         self._state = _CLOSED
         self._error = reason if isinstance(reason, BaseException) else None
         self._transport._forget(self)
         if self._out:
-            logger.warning(
-                "connection {} closed with {} bytes unsent", self.peer, self._out_bytes
+            faults.warning(
+                "unsent_bytes",
+                self.peer,
+                "connection {} closed with {} bytes unsent",
+                self.peer,
+                self._out_bytes,
             )
             self._out.clear()
             self._out_bytes = 0
@@ -353,7 +368,13 @@ class Connection:
         for callback in watchers:
             self._loop.run_callback(callback)
         if was_open:
-            logger.info("connection {} closed ({})", self.peer, reason or "closed")
+            faults.info(
+                "connection_closed",
+                self.peer,
+                "connection {} closed ({})",
+                self.peer,
+                printable(reason or "closed"),
+            )
 
 
 class _Mark(Endpoint):
@@ -420,6 +441,8 @@ class TcpTransport:
             dial_for_forward if isinstance(dial_for_forward, bool) else frozenset(dial_for_forward)
         )
         self._connections: Dict[str, Connection] = {}
+        # ip:port of accepted connections that closed, oldest first: never dialed back.
+        self._gone: Dict[str, None] = {}
         self._accepted: Set[Connection] = set()
         self._servers: List[StreamServer] = []
         self._greenlets = Group()
@@ -470,6 +493,7 @@ class TcpTransport:
         if previous is not None:
             previous.close("replaced by a new connection from the same address")
         self._connections[peer] = conn
+        self._gone.pop(peer, None)
         self._start_accepted(conn, sock)
 
     def _accept_marked(self, gsock: Any, sockaddr: Any) -> None:
@@ -489,9 +513,12 @@ class TcpTransport:
         if self._stopped or (
             self.max_connections is not None and len(self._accepted) >= self.max_connections
         ):
-            logger.warning(
+            peer = format_peer(sockaddr)
+            self.node.faults.warning(
+                "connection_refused",
+                peer,
                 "turned away a connection from {}: {} connections open",
-                format_peer(sockaddr),
+                peer,
                 len(self._accepted),
             )
             self._count("connections_refused")
@@ -503,7 +530,9 @@ class TcpTransport:
         self._accepted.add(conn)
         conn._attach(sock)
         self._count("connections_accepted")
-        logger.info("accepted a connection from {}", conn.peer)
+        self.node.faults.info(
+            "connection_accepted", conn.peer, "accepted a connection from {}", conn.peer
+        )
 
     # -- connector pool ---------------------------------------------------------------------
 
@@ -514,6 +543,7 @@ class TcpTransport:
         Raises:
             ConnectFailed: refused, unreachable, or timed out.
         """
+        self._gone.pop(peer, None)  # asked for by the application: dial it even if it was a client
         conn = self._connections.get(peer) or self._open(peer)
         conn.wait_ready(self.connect_timeout + 1)
         return conn
@@ -535,7 +565,9 @@ class TcpTransport:
             self._count("connect_failures")
             if conn._out:
                 self.node.count_drop("connect_failed", len(conn._out))
-            logger.warning("cannot connect to {}: {}", conn.peer, exc)
+            self.node.faults.warning(
+                "connect_failed", conn.peer, "cannot connect to {}: {}", conn.peer, printable(exc)
+            )
             conn.close(exc)
             return
         except GreenletExit:
@@ -566,6 +598,12 @@ class TcpTransport:
         peer = message[1][0][1]
         conn = self._connections.get(peer)
         if conn is None:
+            if peer in self._gone:  # a client that connected to us and left: never dial it
+                self._count("replies_to_gone")
+                if source is None:
+                    raise ConnectionLost(f"{printable(peer)} connected to this node and has left")
+                self.node.drop("gone", message, source)
+                return
             if source is not None and not self._may_dial(peer):
                 self.node.drop("no_connection", message, source)
                 return
@@ -649,6 +687,10 @@ class TcpTransport:
     def _forget(self, conn: Connection) -> None:
         if self._connections.get(conn.peer) is conn:
             del self._connections[conn.peer]
+            if conn.accepted:
+                if len(self._gone) >= _GONE_LIMIT:
+                    del self._gone[next(iter(self._gone))]
+                self._gone[conn.peer] = None
         self._accepted.discard(conn)
         if conn.mark[0] == LOCAL and conn.mark[1] in self.node.endpoints:
             self.node.stop_endpoint(conn.mark)
@@ -664,7 +706,8 @@ class TcpTransport:
     def statistics(self) -> Dict[str, Any]:
         """Plain numbers: ``connections`` open now, ``listeners``, and counters
         (``connections_accepted``, ``connections_opened``, ``connect_failures``,
-        ``connections_refused``, ``malformed_frames``). Messages this transport could not carry
+        ``connections_refused``, ``malformed_frames``, ``replies_to_gone``: messages to a client
+        that connected and left, refused without dialing it). Messages this transport could not carry
         are counted with the node's (``Node.statistics()["dropped"]``: ``connect_failed``,
         ``unsendable``)."""
         stats: Dict[str, Any] = {

@@ -1,23 +1,28 @@
-"""Payload codecs: how a typed message becomes the opaque payload bytes of a TransportMessage.
+"""Payload codecs: how a message body becomes the opaque payload bytes of a TransportMessage.
 
-Two codecs, as Rust Ockam had them (PROTOCOL.md section 5):
+Two codecs, as Rust Ockam had them (docs/protocol.md, section 5):
 
 * ``bare`` (the default): BARE, used by Rust Ockam from ``ockam_core`` 0.7 on.
 * ``bincode``: the seed example's crates (``ockam_core`` 0.6.0).
 
-Supported message types: ``str``, ``bytes`` (length-prefixed data), ``int`` (u64), ``bool``, the
-unit value ``None`` and :data:`RAW` (the payload bytes as they are, no framing at all). Values are
-never pickled or evaluated. Bad payloads raise :class:`~greenockam.errors.RemoteProtocolError`, an
-unsupported value raises :class:`~greenockam.errors.LocalProtocolError`, with either codec.
+Message types: ``str``, ``bytes`` (length-prefixed data), ``int`` (u64), ``bool``, the unit value
+``None``, :data:`RAW` (the payload bytes as they are, no framing at all), and every type declared
+with :mod:`greenockam.codecs.typed` (dataclasses, enums, ``List[U16]``, ...; see
+docs/typed-messages.md). Values are never pickled or evaluated. Bad payloads raise
+:class:`~greenockam.errors.RemoteProtocolError`, an unsupported value raises
+:class:`~greenockam.errors.LocalProtocolError`, with either codec.
+
+The five built-in types decode strictly (bytes after the value are an error, as before typed
+messages existed); declared types ignore trailing bytes, as the Rust decoders do.
 """
 
 from __future__ import annotations
 
-import struct
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .wire import _BYTE, decode_uint, encode_uint
+from ..errors import LocalProtocolError, RemoteProtocolError
+from . import typed
+from .primitives import BYTE, U64_LE, decode_uint, encode_uint, read_u64_length
 
 __all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
 
@@ -31,7 +36,8 @@ class _Raw:
 
 RAW: Any = _Raw()
 
-_u64 = struct.Struct("<Q")
+_F = TypeVar("_F")
+
 _BOOL = {b"\x00": False, b"\x01": True}
 
 
@@ -75,7 +81,8 @@ class Codec:
         return f"<Codec {self.name}>"
 
     def encode(self, value: Any) -> bytes:
-        """Encode ``value`` by its Python type.
+        """Encode ``value`` by its Python type: a built-in type, or an instance of a declared
+        message class (a dataclass, NamedTuple, TaggedUnion variant or ``enum.Enum``).
 
         Raises:
             LocalProtocolError: the type is not supported, or the value does not fit.
@@ -86,19 +93,32 @@ class Codec:
             except UnicodeEncodeError as exc:
                 raise LocalProtocolError(f"the string cannot be encoded as UTF-8: {exc}") from None
             n = len(data)
-            return (_BYTE[n] if n < 0x80 and self is BARE else self._write_len(n)) + data
+            return (BYTE[n] if n < 0x80 and self is BARE else self._write_len(n)) + data
         try:
             encoder = self._encoders[type(value)]
         except KeyError:
-            raise LocalProtocolError(
-                f"the {self.name} codec cannot encode a {type(value).__name__}; "
-                "send str, bytes, int, bool or None"
-            ) from None
+            if not typed.is_declared(type(value)):
+                raise LocalProtocolError(
+                    f"the {self.name} codec cannot encode a {type(value).__name__}; send str, "
+                    "bytes, int, bool, None or an instance of a declared message class"
+                ) from None
+            encoder = self._encoders[type(value)] = self._typed(typed.encoder, type(value))
         return encoder(value)
+
+    def encoder(self, message_type: Any) -> Callable[[Any], bytes]:
+        """The function that encodes a value as ``message_type``: any type :meth:`decoder`
+        takes but :data:`RAW`, e.g. ``List[str]`` or ``Optional[U32]``, which :meth:`encode`
+        cannot tell from the value alone.
+
+        Raises:
+            LocalProtocolError: ``message_type`` cannot be encoded, and why.
+        """
+        return self._typed(typed.encoder, message_type)
 
     def decode(self, payload: bytes, message_type: Any = str) -> Any:
         """Decode ``payload`` as ``message_type`` (``str``, ``bytes``, ``int``, ``bool``,
-        ``None`` or :data:`RAW`). Trailing bytes are an error.
+        ``None``, :data:`RAW` or a declared type). Trailing bytes are an error for the built-in
+        types and ignored for declared types.
 
         Raises:
             RemoteProtocolError: the payload is not a valid value of that type.
@@ -113,9 +133,22 @@ class Codec:
         """
         try:
             return self._decoders[message_type]
-        except (KeyError, TypeError):
+        except TypeError:
             raise LocalProtocolError(
                 f"the {self.name} codec has no decoder for {message_type!r}"
+            ) from None
+        except KeyError:
+            decode = self._typed(typed.decoder, message_type)
+            self._decoders[message_type] = decode
+            return decode
+
+    def _typed(self, make: Callable[[Any, str], _F], message_type: Any) -> _F:
+        """``make(message_type, self.name)``, its TypeError a LocalProtocolError."""
+        try:
+            return make(message_type, self.name)
+        except TypeError as exc:
+            raise LocalProtocolError(
+                f"the {self.name} codec cannot use {message_type!r} as a message type: {exc}"
             ) from None
 
     # -- str and bytes: a length, then the bytes ---------------------------------------------
@@ -150,12 +183,13 @@ class Codec:
     def _encode_u64(self, value: int) -> bytes:
         if not 0 <= value < 1 << 64:
             raise LocalProtocolError(f"{value} does not fit a u64")
-        return _u64.pack(value)
+        return U64_LE.pack(value)
 
     def _decode_u64(self, payload: bytes) -> int:
         if len(payload) != 8:
             raise RemoteProtocolError(f"a u64 takes 8 bytes, the payload holds {len(payload)}")
-        return _u64.unpack(payload)[0]
+        value: int = U64_LE.unpack(payload)[0]
+        return value
 
     def _decode_bool(self, payload: bytes) -> bool:
         try:
@@ -173,14 +207,8 @@ class Codec:
         return None
 
 
-def _bincode_read_len(data: bytes, pos: int, end: int) -> Tuple[int, int]:
-    if end - pos < 8:
-        raise RemoteProtocolError(f"bincode length needs 8 bytes, the payload holds {end - pos}")
-    return _u64.unpack_from(data, pos)[0], pos + 8
-
-
 BARE = Codec("bare", encode_uint, decode_uint)
-BINCODE = Codec("bincode", _u64.pack, _bincode_read_len)
+BINCODE = Codec("bincode", U64_LE.pack, read_u64_length)
 CODECS: Dict[str, Codec] = {"bare": BARE, "bincode": BINCODE}
 
 
