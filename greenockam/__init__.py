@@ -11,7 +11,7 @@ from loguru import logger as _logger
 
 from . import errors
 from .address import Address, Route
-from .codecs import BARE, BINCODE, RAW, Codec
+from .codecs import BARE, BINCODE, RAW, UNIT, Codec
 from .errors import *  # noqa: F403 (every exception is public API; see errors.__all__)
 from .message import Routed
 from .context import Context
@@ -34,6 +34,7 @@ __all__ = [
     "BARE",
     "BINCODE",
     "RAW",
+    "UNIT",
     "TransportMessage",
     "FrameDecoder",
     "encode_frame",

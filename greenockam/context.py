@@ -116,7 +116,7 @@ class Context:
         self.address = addresses[0]
         self.addresses = tuple(addresses)
         self.codec = codec
-        self.message_type = message_type
+        self.message_type = str if message_type is None else message_type
         self.mailbox = Mailbox(node.loop)
         self._decode = codec.decoder(message_type)
         self._return_route = Route([self.address])
@@ -219,9 +219,14 @@ class Context:
         self.node.relay(message, self._relay)
 
     def request(
-        self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
+        self,
+        route: RouteLike,
+        body: Any,
+        timeout: Optional[float] = None,
+        message_type: Any = None,
     ) -> Routed:
-        """Send ``body`` from a temporary address and wait for the reply to it.
+        """Send ``body`` from a temporary address and wait for the reply to it, decoded as
+        ``message_type`` (default: this context's type).
 
         The temporary address is removed whether a reply came or not.
 
@@ -231,7 +236,8 @@ class Context:
                 came (the reply can no longer arrive).
         """
         route = as_route(route)
-        with self.node.open_context(None, codec=self.codec, message_type=message_type) as temp:
+        reply_type = self.message_type if message_type is None else message_type
+        with self.node.open_context(None, codec=self.codec, message_type=reply_type) as temp:
             temp.send(route, body)
             cancel = temp._expect_reply_over(route[0])
             try:

@@ -11,11 +11,12 @@ a terminal escape sequence into the log (docs/protocol.md, "Logging").
 
 from __future__ import annotations
 
+import traceback
 from typing import Any, Dict, Optional, Tuple
 
 from loguru import logger
 
-__all__ = ["FaultLog", "printable"]
+__all__ = ["FaultLog", "printable", "format_traceback"]
 
 _LIMIT = 200  # characters of one remote-controlled value in a log line
 
@@ -27,6 +28,12 @@ def printable(value: object, limit: int = _LIMIT) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def format_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it: code and line numbers, never the values of
+    variables (which a sink with ``diagnose=True`` would show, payloads included)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
 def host_of(peer: str) -> str:

@@ -16,7 +16,6 @@ flow control) are in :mod:`greenockam.transport.base`.
 from __future__ import annotations
 
 import signal
-import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import gevent
@@ -27,7 +26,7 @@ from loguru import logger
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
 from .codecs import Codec, get_codec
 from .context import Context
-from .faults import FaultLog, printable
+from .faults import FaultLog, format_traceback, printable
 from .errors import (
     AddressError,
     AddressInUse,
@@ -140,7 +139,11 @@ class Node:
         return self._app.receive_nowait(message_type)
 
     def request(
-        self, route: RouteLike, body: Any, timeout: Optional[float] = None, message_type: Any = str
+        self,
+        route: RouteLike,
+        body: Any,
+        timeout: Optional[float] = None,
+        message_type: Any = None,
     ) -> Routed:
         """See :meth:`Context.request`."""
         return self._app.request(route, body, timeout, message_type)
@@ -152,11 +155,12 @@ class Node:
         address: Union[AddressLike, Iterable[AddressLike], None] = None,
         *,
         codec: Union[str, Codec, None] = None,
-        message_type: Any = str,
+        message_type: Any = None,
     ) -> Context:
         """A new context at ``address`` (one address, several, or ``None`` for a random
         32-hex one) that the application sends and receives with; close it with
-        :meth:`Context.close` (or use it as a context manager).
+        :meth:`Context.close` (or use it as a context manager). ``codec`` defaults to the
+        node's, ``message_type`` to ``str``.
 
         Raises:
             AddressInUse: an address already has a worker, context or endpoint.
@@ -237,6 +241,8 @@ class Node:
         """
         if not isinstance(worker, Worker):
             raise TypeError(f"start_worker needs a Worker, got {type(worker).__name__}")
+        if not isinstance(worker.concurrency, int) or worker.concurrency < 1:
+            raise ValueError(f"a worker's concurrency is at least 1, got {worker.concurrency!r}")
         codec = get_codec(worker.codec) if worker.codec is not None else self.codec
         ctx = self.open_context(address, codec=codec, message_type=worker.message_type)
         started: AsyncResult = AsyncResult()
@@ -276,12 +282,34 @@ class Node:
         except Exception as exc:
             self._workers.pop(ctx, None)
             ctx.close()
-            logger.opt(exception=exc).error("worker {} failed to initialize", ctx.address)
+            logger.error(
+                "worker {} failed to initialize:\n{}", ctx.address, format_traceback(exc)
+            )
             started.set_exception(
                 WorkerInitError(f"worker {ctx.address} failed to initialize: {exc!r}")
             )
             return
         started.set(ctx.address)
+        others = [Greenlet.spawn(self._serve, ctx, worker) for _ in range(worker.concurrency - 1)]
+        try:
+            self._serve(ctx, worker)
+        finally:
+            ctx.interrupt()  # the other handlers' receives end now
+            try:
+                gevent.joinall(others)  # each finishes the message in hand
+            finally:
+                gevent.killall(others)  # only if this greenlet was killed while waiting
+                self._workers.pop(ctx, None)
+                ctx.close()
+                try:
+                    worker.shutdown(ctx)
+                except Exception as exc:
+                    logger.error(
+                        "worker {} failed in shutdown:\n{}", ctx.address, format_traceback(exc)
+                    )
+
+    def _serve(self, ctx: Context, worker: Worker) -> None:
+        """One greenlet's loop over a worker's mailbox: handle messages until stopped."""
         self._worker_greenlets[getcurrent()] = ctx
         handle = worker.handle_message
         receive = ctx.receive_any
@@ -301,12 +329,6 @@ class Node:
             pass
         finally:
             self._worker_greenlets.pop(getcurrent(), None)
-            self._workers.pop(ctx, None)
-            ctx.close()
-            try:
-                worker.shutdown(ctx)
-            except Exception:
-                logger.opt(exception=True).error("worker {} failed in shutdown", ctx.address)
 
     def _log_handler_error(self, ctx: Context, msg: Routed, exc: Exception) -> None:
         """A handler raised. A failure the peer caused (its connection closed or refused) is a
@@ -327,7 +349,7 @@ class Node:
             "worker {} failed to handle a message from {}:\n{}",
             ctx.address,
             sender,
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+            format_traceback(exc),
         )
 
     # -- routing ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greenockam.codecs import BARE, BINCODE, CODECS, RAW, Codec, get_codec
+from greenockam.codecs import BARE, BINCODE, CODECS, RAW, UNIT, Codec, get_codec
 from greenockam.errors import LocalProtocolError, RemoteProtocolError
 from helpers import ref_uint
 
@@ -61,9 +61,10 @@ def test_decoding_an_encoded_value_gives_it_back_with_its_type(codec, value):
 
 
 @CODEC_PARAMS
-def test_unit_decodes_with_none_or_nonetype_as_the_message_type(codec):
-    assert codec.decode(b"", None) is None
-    assert codec.decode(b"", type(None)) is None
+def test_unit_decodes_with_the_unit_marker_and_none_means_the_default_str(codec):
+    assert UNIT is type(None)
+    assert codec.decode(b"", UNIT) is None
+    assert codec.decode(codec.encode("hi"), None) == "hi"
 
 
 @CODEC_PARAMS
@@ -124,7 +125,7 @@ BAD_PAYLOADS = [
     ("bool_empty", bool, b"", b""),
     ("bool_two", bool, b"\x02", b"\x02"),
     ("bool_two_bytes", bool, b"\x01\x00", b"\x01\x00"),
-    ("unit_not_empty", None, b"\x00", b"\x00"),
+    ("unit_not_empty", UNIT, b"\x00", b"\x00"),
 ]
 
 

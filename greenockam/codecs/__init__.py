@@ -13,7 +13,7 @@ The package has three layers, each importing only the ones below it:
 
 from __future__ import annotations
 
-from .payload import BARE, BINCODE, CODECS, RAW, Codec, get_codec
+from .payload import BARE, BINCODE, CODECS, RAW, UNIT, Codec, get_codec
 from .typed import (
     F32,
     F64,
@@ -37,6 +37,7 @@ __all__ = [
     "BARE",
     "BINCODE",
     "RAW",
+    "UNIT",
     "get_codec",
     "CODECS",
     "U8",

@@ -24,7 +24,7 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from . import typed
 from .primitives import BYTE, U64_LE, decode_uint, encode_uint, read_u64_length
 
-__all__ = ["Codec", "BARE", "BINCODE", "RAW", "get_codec", "CODECS"]
+__all__ = ["Codec", "BARE", "BINCODE", "RAW", "UNIT", "get_codec", "CODECS"]
 
 
 class _Raw:
@@ -35,6 +35,11 @@ class _Raw:
 
 
 RAW: Any = _Raw()
+
+UNIT: Any = type(None)
+"""The unit value's message type (Rust ``()``): no bytes, decoded as ``None``. (``None`` as a
+``message_type`` means "the default" wherever greenockam takes one: ``str`` for a worker, the
+context's type for ``receive`` and ``request``.)"""
 
 _F = TypeVar("_F")
 
@@ -72,8 +77,7 @@ class Codec:
             bytes: self._decode_bytes,
             bool: self._decode_bool,
             int: self._decode_u64,
-            None: self._decode_unit,
-            type(None): self._decode_unit,
+            UNIT: self._decode_unit,
             RAW: bytes,
         }
 
@@ -117,7 +121,7 @@ class Codec:
 
     def decode(self, payload: bytes, message_type: Any = str) -> Any:
         """Decode ``payload`` as ``message_type`` (``str``, ``bytes``, ``int``, ``bool``,
-        ``None``, :data:`RAW` or a declared type). Trailing bytes are an error for the built-in
+        :data:`UNIT`, :data:`RAW` or a declared type; ``None``: ``str``). Trailing bytes are an error for the built-in
         types and ignored for declared types.
 
         Raises:
@@ -128,9 +132,13 @@ class Codec:
     def decoder(self, message_type: Any = str) -> Callable[[bytes], Any]:
         """The function that decodes a payload as ``message_type`` (see :meth:`decode`).
 
+        ``None`` means the default, ``str``; the unit value is :data:`UNIT`.
+
         Raises:
             LocalProtocolError: the codec has no decoder for that type.
         """
+        if message_type is None:
+            message_type = str
         try:
             return self._decoders[message_type]
         except TypeError:

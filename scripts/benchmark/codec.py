@@ -76,7 +76,49 @@ def call_overhead(number: int) -> Dict[str, float]:
     return {"call_overhead_ns": best_ns(lambda: None, number)}
 
 
-MEASURES: List[Measure] = [frame_codec, payload_codec, route_conversion, call_overhead]
+def typed_codec(number: int) -> Dict[str, float]:
+    """Typed messages (docs/typed-messages.md) in bare, encode + decode, against
+    ``json.dumps`` + ``json.loads`` of the same data as a dict (C code in the standard library):
+    a small struct (a u64, a str, bytes) and a struct holding a Route and an Address."""
+    import json
+    from dataclasses import make_dataclass
+
+    from greenockam import BARE, Address, Route
+    from greenockam.codecs import U64
+
+    # make_dataclass: real annotations, not the strings this module's future import makes
+    Small = make_dataclass("Small", [("id", U64), ("name", str), ("data", bytes)])
+    Forward = make_dataclass("Forward", [("route", Route), ("name", str), ("address", Address)])
+    small = Small(123456789, "hello world", bytes(range(8)))
+    small_json = {"id": 123456789, "name": "hello world", "data": small.data.hex()}
+    forward = Forward(
+        Route(["1#127.0.0.1:4000", "forwarding_service"]), "a1b2c3d4", Address(0, "echoer")
+    )
+    forward_json = {
+        "route": [[1, "127.0.0.1:4000"], [0, "forwarding_service"]],
+        "name": "a1b2c3d4",
+        "address": [0, "echoer"],
+    }
+    fields: Dict[str, float] = {}
+    cases = (("struct", small, small_json), ("route_struct", forward, forward_json))
+    for label, value, as_dict in cases:
+        encode, decode = BARE.encode, BARE.decoder(type(value))
+        assert decode(encode(value)) == value
+        typed_ns = best_ns(lambda: decode(encode(value)), number)  # noqa: B023 (used at once)
+        json_ns = best_ns(lambda: json.loads(json.dumps(as_dict)), number)  # noqa: B023
+        fields[f"typed_{label}_ns"] = typed_ns
+        fields[f"json_{label}_ns"] = json_ns
+        fields[f"typed_{label}_ratio"] = typed_ns / json_ns
+    return fields
+
+
+MEASURES: List[Measure] = [
+    frame_codec,
+    payload_codec,
+    route_conversion,
+    call_overhead,
+    typed_codec,
+]
 
 
 def measure(number: int) -> Dict[str, float]:

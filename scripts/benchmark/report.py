@@ -135,6 +135,18 @@ ROWS: Tuple[Row, ...] = (
         "as_route_list_ns", LOWER),
     Row("codec_call_overhead_ns", "timeit call overhead, in every codec figure", "ns", ",.0f",
         "codec", "call_overhead_ns", LOWER, show=False),
+    Row("typed_struct_ns", "typed bare struct encode + decode", "ns", ",.0f", "codec",
+        "typed_struct_ns", LOWER),
+    Row("typed_struct_ratio", "  / json.dumps + json.loads of a dict", "x", ".3f", "codec",
+        "typed_struct_ratio", LOWER, target=0.5),
+    Row("typed_route_struct_ns", "typed bare struct with Route + Address", "ns", ",.0f", "codec",
+        "typed_route_struct_ns", LOWER),
+    Row("typed_route_struct_ratio", "  / json.dumps + json.loads of a dict", "x", ".3f",
+        "codec", "typed_route_struct_ratio", LOWER, target=0.5),
+    Row("json_struct_ns", "json of the small struct", "ns", ",.0f", "codec", "json_struct_ns",
+        LOWER, show=False),
+    Row("json_route_struct_ns", "json of the route struct", "ns", ",.0f", "codec",
+        "json_route_struct_ns", LOWER, show=False),
 )
 
 
