@@ -12,9 +12,9 @@ from loguru import logger as _logger
 from . import errors
 from .address import Address, Route
 from .codecs import BARE, BINCODE, RAW, UNIT, Codec
+from .context import Context
 from .errors import *  # noqa: F403 (every exception is public API; see errors.__all__)
 from .message import Routed
-from .context import Context
 from .node import Node
 from .wire import FrameDecoder, TransportMessage, encode_frame
 from .worker import Worker

@@ -10,7 +10,7 @@ Both are ``tuple`` subclasses: hashable, cheap to build on the hot path, and usa
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, Union
+from typing import Any, Dict, Iterable, Tuple, Union
 
 from .errors import AddressError, RouteError
 
@@ -38,7 +38,7 @@ def _check_utf8(value: str) -> None:
         raise AddressError(f"address value {value!r} cannot be encoded as UTF-8") from None
 
 
-class Address(tuple):
+class Address(Tuple[int, str]):
     """One hop of a route: a transport type (0-255) and a value.
 
     >>> Address.parse("1#127.0.0.1:10222")
@@ -49,7 +49,7 @@ class Address(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, type: int, value: str) -> "Address":  # noqa: A002 - Ockam's name
+    def __new__(cls, type: int, value: str) -> Address:  # noqa: A002 - Ockam's name
         if not isinstance(type, int) or isinstance(type, bool) or not 0 <= type <= 255:
             raise AddressError(f"address type must be an int 0-255, got {type!r}")
         if not isinstance(value, str) or not value:
@@ -58,7 +58,7 @@ class Address(tuple):
         return _new_tuple(cls, (type, value))
 
     @classmethod
-    def parse(cls, text: "AddressLike") -> "Address":
+    def parse(cls, text: AddressLike) -> Address:
         """Parse ``"T#value"`` (or ``"value"`` for type 0); an Address is returned as is.
 
         Raises:
@@ -100,7 +100,7 @@ class Address(tuple):
 AddressLike = Union[Address, str]
 
 
-class Route(tuple):
+class Route(Tuple[Address, ...]):
     """An immutable sequence of :class:`Address`; index 0 is the next hop.
 
     Built from addresses or their text form, or parsed from ``"a => b => c"``:
@@ -112,7 +112,7 @@ class Route(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, addresses: Iterable[AddressLike] = ()) -> "Route":
+    def __new__(cls, addresses: Iterable[AddressLike] = ()) -> Route:
         if isinstance(addresses, Route):
             return addresses
         if isinstance(addresses, (str, Address)):
@@ -123,7 +123,7 @@ class Route(tuple):
         return _new_tuple(cls, [Address.parse(a) for a in addresses])
 
     @classmethod
-    def parse(cls, text: str) -> "Route":
+    def parse(cls, text: str) -> Route:
         """Parse ``"1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"``."""
         parts = [p.strip() for p in text.split("=>")] if text.strip() else []
         return cls(parts)
@@ -146,17 +146,17 @@ class Route(tuple):
             raise RouteError("the route is empty: there is no recipient")
         return self[-1]
 
-    def pop_front(self) -> "Route":
+    def pop_front(self) -> Route:
         """The route without its first hop."""
         if not self:
             raise RouteError("cannot pop the front of an empty route")
         return _new_tuple(Route, self[1:])
 
-    def prepend(self, address: AddressLike) -> "Route":
+    def prepend(self, address: AddressLike) -> Route:
         """A route with ``address`` in front."""
         return _new_tuple(Route, (Address.parse(address),) + self)
 
-    def append(self, address: AddressLike) -> "Route":
+    def append(self, address: AddressLike) -> Route:
         """A route with ``address`` at the end."""
         return _new_tuple(Route, self + (Address.parse(address),))
 
@@ -185,7 +185,7 @@ def as_route(route: RouteLike) -> Route:
     try:
         parsed = _parsed_routes.get(key)
     except TypeError:  # unhashable items: parse them, they will say what is wrong
-        return Route(route)  # type: ignore[arg-type]
+        return Route(route)
     if parsed is None:
         parsed = Route.parse(key) if isinstance(key, str) else Route(key)
         if len(_parsed_routes) >= 1024:

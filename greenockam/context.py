@@ -104,6 +104,8 @@ class Context:
         "_outlets",
         "_held",
         "_low_water",
+        "_contention",
+        "_share",
         "_stopping",
         "_send_wait",
         "_relay",
@@ -125,6 +127,9 @@ class Context:
         self._outlets: Dict[Any, Outlet] = {}
         self._held = Held()  # connections paused because they filled this mailbox
         self._low_water = node.mailbox_size // 2
+        # Messages each source added while the mailbox held more than its share (see contend).
+        self._contention: Dict[Source, int] = {}
+        self._share = node.source_share
         self._stopping = False
         self._send_wait: Optional[Event] = None  # what a send of this worker waits on
         self._relay = _Relay(self.address)
@@ -312,8 +317,12 @@ class Context:
             if msg.repeat:
                 mailbox.put(msg)  # keep waking every other receiver too
             raise msg.error(msg.text.format(self.address))
-        if self._held and len(items) <= self._low_water:
-            self._held.release()
+        if self._contention:  # see contend
+            depth = len(items)
+            if depth <= self._low_water and self._held:
+                self._held.release()
+            if depth <= self._share // 2:
+                self._contention.clear()
         return msg  # type: ignore[no-any-return]
 
     def receive_nowait(self, message_type: Any = None) -> Routed:
@@ -323,6 +332,17 @@ class Context:
         return self.receive(None, message_type)
 
     # -- flow control (for the router and transports) ---------------------------------------
+
+    def contend(self, source: Source) -> None:
+        """The router calls this for each message from ``source`` that it added to the mailbox
+        while it held more than the node's ``source_share``. The fairness rule (docs/protocol.md,
+        "Flow control"): ``source`` is held once it added more than its share since the mailbox
+        was last drained to half its share, or when the mailbox is past ``mailbox_size``
+        whoever adds to it. Held sources resume once the mailbox is drained to half of
+        ``mailbox_size``; the counts start again once it is drained to half the share."""
+        n = self._contention[source] = self._contention.get(source, 0) + 1
+        if n > self._share or len(self.mailbox) > self.node.mailbox_size:
+            self.hold(source)
 
     def hold(self, source: Source) -> None:
         """The router calls this when a message from ``source`` took the mailbox past

@@ -10,6 +10,11 @@ message. Likewise :class:`NodeStopped` ("you closed it") is distinct from
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, List
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .wire import TransportMessage
+
 __all__ = [
     "GreenockamError",
     "AddressError",
@@ -59,7 +64,14 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid frame or payload.
 
     The message says what was wrong and at which offset of the body.
+
+    Attributes:
+        messages: set only on the error that :meth:`FrameDecoder.feed
+            <greenockam.wire.FrameDecoder.feed>` raises: the messages of the same chunk that were
+            complete before the malformed one, in order.
     """
+
+    messages: List[TransportMessage]
 
 
 class RouteError(GreenockamError, ValueError):

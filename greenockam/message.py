@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any
+from typing import Any, Tuple
 
 from .address import Address, Route
 from .errors import RemoteProtocolError
@@ -24,7 +24,7 @@ class BadPayload:
         self.error = error
 
 
-class Routed(tuple):
+class Routed(Tuple[int, Route, Route, bytes, Address, Any]):
     """A received message with its routes and decoded body, as Ockam's ``Routed<M>``.
 
     Immutable; a tuple ``(version, onward_route, return_route, payload, address, body)`` so
@@ -54,7 +54,7 @@ class Routed(tuple):
             raise body.error
         return body
 
-    def __new__(cls, message: TransportMessage, address: Address, body: Any) -> "Routed":
+    def __new__(cls, message: TransportMessage, address: Address, body: Any) -> Routed:
         return _new_tuple(cls, message + (address, body))
 
     @property

@@ -26,7 +26,6 @@ from loguru import logger
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, random_address
 from .codecs import Codec, get_codec
 from .context import Context
-from .faults import FaultLog, format_traceback, printable
 from .errors import (
     AddressError,
     AddressInUse,
@@ -39,6 +38,7 @@ from .errors import (
     UnknownAddress,
     WorkerInitError,
 )
+from .faults import FaultLog, format_traceback, printable
 from .message import Routed
 from .router import Router
 from .transport.base import Cancel, Endpoint, Outlet, Source, Transport
@@ -65,9 +65,14 @@ class Node:
         codec: the default payload codec, ``"bare"`` (default) or ``"bincode"``.
         mailbox_size: how many messages a mailbox holds before local sends to it raise
             :class:`MailboxFull` and connections feeding it pause (default :attr:`mailbox_size`).
+        source_share: how many messages one connection may add to a mailbox that already holds
+            more than this many before that connection pauses (default a quarter of
+            ``mailbox_size``): one flooding connection cannot push everyone else behind it
+            (docs/protocol.md, "Flow control").
 
     Attributes:
         mailbox_size: class default, 4096 messages.
+        source_share: this node's share per connection (see Args).
         stop_timeout: default seconds :meth:`stop` gives workers to finish (5).
         codec: the default payload codec.
         hub: the gevent hub the node runs in.
@@ -79,12 +84,22 @@ class Node:
     mailbox_size = 4096
     stop_timeout = 5.0
 
-    def __init__(self, codec: Union[str, Codec, None] = None, mailbox_size: Optional[int] = None):
+    def __init__(
+        self,
+        codec: Union[str, Codec, None] = None,
+        mailbox_size: Optional[int] = None,
+        source_share: Optional[int] = None,
+    ):
         self.codec = get_codec(codec)
         if mailbox_size is not None:
             if mailbox_size < 1:
                 raise ValueError(f"mailbox_size must be at least 1, got {mailbox_size}")
             self.mailbox_size = mailbox_size
+        if source_share is not None and source_share < 1:
+            raise ValueError(f"source_share must be at least 1, got {source_share}")
+        self.source_share = min(
+            self.mailbox_size, max(1, self.mailbox_size // 4) if source_share is None else source_share
+        )
         self.hub = get_hub()
         self._state = _RUNNING
         self._contexts: Dict[str, Context] = {}  # local address value -> its context

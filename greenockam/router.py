@@ -146,7 +146,7 @@ class Router:
         router greenlet for what it read, and by a middleware worker's ``forward``."""
         contexts = self._contexts
         transports = self._transports
-        mailbox_size = self.node.mailbox_size
+        share = self.node.source_share
         drop = self.node.drop
         last_onward: Any = None
         last_ctx: Any = None
@@ -177,8 +177,8 @@ class Router:
             waiter = mailbox.push(msg)
             if waiter is not None:
                 wake.append(waiter)
-            if len(mailbox) > mailbox_size:
-                ctx.hold(source)
+            if len(mailbox) > share:  # contended: count it, maybe hold its source
+                ctx.contend(source)
             self.routed += 1
 
     def relay(self, message: TransportMessage, source: Source) -> None:

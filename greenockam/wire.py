@@ -48,20 +48,20 @@ _pack_header = struct.Struct(">HB").pack  # frame length, then the version byte 
 
 # Route -> its encoding, and the encoding of both routes -> (onward, return). Cleared wholesale
 # when full: a peer that sends endless distinct routes costs us re-parsing, never memory.
-_encoded_routes: Dict[tuple, bytes] = {}
+_encoded_routes: Dict[Tuple[Address, ...], bytes] = {}
 _decoded_routes: Dict[bytes, Tuple[Route, Route]] = {}
 # The routes of the last frame encoded, by identity: (onward, return, pop_first, their bytes).
 _last_routes: Tuple[Any, Any, bool, bytes] = (None, None, False, b"")
 
 
-class TransportMessage(tuple):
+class TransportMessage(Tuple[int, Route, Route, bytes]):
     """One message on the wire: ``(version, onward_route, return_route, payload)``."""
 
     __slots__ = ()
 
     def __new__(
         cls, onward_route: Route, return_route: Route, payload: bytes, version: int = VERSION
-    ) -> "TransportMessage":
+    ) -> TransportMessage:
         if not 0 <= version <= 255:
             raise LocalProtocolError(f"the version is one byte, got {version}")
         return _new_tuple(
@@ -98,7 +98,7 @@ class TransportMessage(tuple):
 # --- routes ----------------------------------------------------------------------------------
 
 
-def encode_route(route: Route) -> bytes:
+def encode_route(route: Tuple[Address, ...]) -> bytes:
     """The BARE encoding of a route: count, then (type, length, value) per address."""
     raw = _encoded_routes.get(route)
     if raw is None:
@@ -358,7 +358,7 @@ class FrameDecoder:
                 pos = end
         except RemoteProtocolError as exc:
             self._failed = True
-            exc.messages = out  # type: ignore[attr-defined]
+            exc.messages = out
             raise
         if pos < n:  # _needed is only read while the buffer holds something
             buffer += data[pos:] if pos else data

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from .codecs import Codec
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .context import Context
     from .message import Routed
-    from .node import Context
 
 __all__ = ["Worker"]
 
@@ -40,16 +40,16 @@ class Worker:
     codec: Optional[Codec] = None
     concurrency: int = 1
 
-    def initialize(self, ctx: "Context") -> None:
+    def initialize(self, ctx: Context) -> None:
         """Called in the worker's greenlet before the first message.
 
         If it raises, the worker is not started and ``start_worker`` raises
         :class:`~greenockam.errors.WorkerInitError`.
         """
 
-    def handle_message(self, ctx: "Context", msg: "Routed") -> None:
+    def handle_message(self, ctx: Context, msg: Routed) -> None:
         """Handle one message. Override this."""
         raise NotImplementedError(f"{type(self).__name__} must override handle_message")
 
-    def shutdown(self, ctx: "Context") -> None:
+    def shutdown(self, ctx: Context) -> None:
         """Called in the worker's greenlet when it stops (``stop_worker`` or ``Node.stop``)."""

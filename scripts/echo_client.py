@@ -36,7 +36,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="greenockam echo client")
     parser.add_argument("address", nargs="?", help=f"server HOST:PORT (default {DEFAULT_SERVER})")
     parser.add_argument("--message", default="Hello you over there!")
-    parser.add_argument("--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"')
+    parser.add_argument(
+        "--route", help='e.g. "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"'
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
     parser.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds to open the connection"

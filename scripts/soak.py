@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import gevent
 from gevent.event import Event
@@ -122,16 +122,23 @@ class Soak:
         return lost, duplicated
 
 
-def start_server() -> "tuple[subprocess.Popen, str]":
-    env = dict(os.environ)  # the server runs the same greenockam as this client
+def greenockam_env() -> Dict[str, str]:
+    """This process's environment, with the greenockam it imported first on ``PYTHONPATH``: for
+    a subprocess that must run the same greenockam."""
+    env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def start_server() -> Tuple["subprocess.Popen[str]", str]:
     proc = subprocess.Popen(
         [sys.executable, ECHO_SERVER, "127.0.0.1:0", "--log-level", "WARNING"],
         stdout=subprocess.PIPE,
         universal_newlines=True,
-        env=env,
+        env=greenockam_env(),
     )
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()  # "echo_service listening on HOST:PORT"
     if "listening on" not in line:
         proc.kill()
@@ -204,6 +211,7 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             server_exit = proc.wait()
+        assert proc.stdout is not None  # stdout=PIPE
         proc.stdout.close()
 
     lost, duplicated = soak.verdict()

@@ -2,9 +2,9 @@
 
 import gevent
 import pytest
-from helpers import Net, live_greenlets
 
 from greenockam import Node
+from helpers import Net, live_greenlets
 
 
 @pytest.fixture(autouse=True)

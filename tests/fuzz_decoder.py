@@ -30,6 +30,7 @@ import random
 import struct
 import sys
 import time
+from typing import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -41,7 +42,7 @@ from greenockam.wire import FrameDecoder, TransportMessage, decode_body, encode_
 
 DEFAULT_EXAMPLES = 100_000
 PREFIX = Address(1, "127.0.0.1:54321")
-COUNTS = collections.Counter()
+COUNTS: Counter[str] = collections.Counter()
 
 # --- strategies ----------------------------------------------------------------------------------
 #

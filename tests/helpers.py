@@ -75,7 +75,7 @@ def recv_exact(sock, n, timeout=WAIT):
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
             raise AssertionError(
-                "connection closed after %d of %d bytes: %r" % (len(buf), n, bytes(buf[:200]))
+                f"connection closed after {len(buf)} of {n} bytes: {bytes(buf[:200])!r}"
             )
         buf += chunk
     return bytes(buf)
@@ -93,7 +93,7 @@ def assert_closed_by_peer(sock, timeout=WAIT):
         data = sock.recv(1)
     except ConnectionResetError:
         return
-    assert data == b"", "expected the connection to be closed, got %r" % data
+    assert data == b"", f"expected the connection to be closed, got {data!r}"
 
 
 # --- greenlets ----------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def live_greenlets():
 def peer_name(sockaddr):
     """A socket address as Rust prints it, computed here independently of greenockam."""
     host, port = sockaddr[0], sockaddr[1]
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def wait_until(predicate, what, timeout=WAIT):
@@ -198,7 +198,7 @@ class LogLines:
         def found():
             return any(all(p in line for p in parts) for line in self.lines)
 
-        failure = AssertionError("no log line with %r in %r" % (parts, self.lines))
+        failure = AssertionError(f"no log line with {parts!r} in {self.lines!r}")
         with gevent.Timeout(timeout, failure):
             while not found():
                 self._new.clear()

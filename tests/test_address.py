@@ -137,7 +137,7 @@ def test_invalid_address_text_raises_address_error_naming_the_input(text):
 @pytest.mark.parametrize("not_text", [None, 12, b"1#x", ("0", "x")], ids=repr)
 def test_parsing_something_that_is_not_text_raises_address_error(not_text):
     with pytest.raises(AddressError):
-        Address.parse(not_text)  # type: ignore[arg-type]
+        Address.parse(not_text)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_route_of_a_route_is_the_same_route():
 
 def test_route_from_a_single_string_or_address_is_refused_with_route_error():
     with pytest.raises(RouteError) as info:
-        Route("a => b")  # type: ignore[arg-type]
+        Route("a => b")
     assert "Route.parse" in str(info.value)
     with pytest.raises(RouteError):
         Route(Address(0, "a"))  # type: ignore[arg-type]
@@ -280,9 +280,9 @@ def test_middleware_hop_pops_itself_and_prepends_to_the_return_route():
 def test_empty_route_has_no_next_hop_recipient_or_front():
     empty = Route()
     with pytest.raises(RouteError):
-        empty.next
+        _ = empty.next
     with pytest.raises(RouteError):
-        empty.recipient
+        _ = empty.recipient
     with pytest.raises(RouteError):
         empty.pop_front()
 

@@ -75,10 +75,10 @@ def test_a_fault_log_logs_the_first_few_per_kind_and_host_then_one_summary(logs)
     loop = _ManualLoop()
     faults = FaultLog(loop)
     for port in range(20):  # one attacker host, a new port per connection
-        faults.warning("malformed_frame", "10.0.0.1:%d" % (40000 + port), "bad frame {}", port)
+        faults.warning("malformed_frame", f"10.0.0.1:{40000 + port}", "bad frame {}", port)
     faults.warning("malformed_frame", "10.0.0.2:40000", "another host")
     assert faults.counts == {"malformed_frame": 21}
-    assert logs.lines == ["bad frame %d" % i for i in range(5)] + ["another host"]
+    assert logs.lines == [f"bad frame {i}" for i in range(5)] + ["another host"]
     loop.timers[0].callback()  # the interval ends
     assert logs.lines[-1] == "15 more events not logged one by one (malformed_frame 15)"
     faults.warning("malformed_frame", "10.0.0.1:1", "a new interval")
@@ -89,7 +89,7 @@ def test_a_fault_log_tracks_a_bounded_number_of_hosts():
     faults = FaultLog(_ManualLoop())
     faults.max_keys = 10
     for i in range(1000):
-        faults.warning("drop", "10.0.%d.%d:1" % (i // 256, i % 256), "x")
+        faults.warning("drop", f"10.0.{i // 256}.{i % 256}:1", "x")
     assert faults.counts["drop"] == 1000
     faults.flush()  # nothing kept past the interval
 

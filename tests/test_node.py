@@ -37,7 +37,6 @@ from greenockam import (
     WorkerInitError,
 )
 from greenockam.address import Route
-
 from helpers import live_greenlets
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,6 +162,10 @@ class RecordingSource:
         self.calls.append("resume")
         self.depths.append(self._depth() if self._depth else None)
         self.resumed.set()
+
+    def read(self):
+        """Part of the ``Source`` protocol, but ``Node.deliver`` never reads its source."""
+        raise AssertionError("Node.deliver read its source")
 
 
 class RecordingTransport:
@@ -439,7 +442,7 @@ def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(
     elapsed = time.monotonic() - started
 
     assert 0.15 <= elapsed < 2.0
-    assert blocker.greenlet.dead
+    assert blocker.greenlet is not None and blocker.greenlet.dead
     assert blocker.shutdowns == 1
     assert node.statistics()["workers"] == 0
 
@@ -824,7 +827,7 @@ def test_a_local_send_into_a_full_mailbox_raises_mailbox_full_and_memory_stays_b
 
 
 def test_network_delivery_past_a_full_mailbox_pauses_the_source_and_draining_to_half_resumes_it():
-    with Node(mailbox_size=10) as node:
+    with Node(mailbox_size=10, source_share=10) as node:  # the mailbox bound alone
         blocker = Blocker(message_type=int, expected=16)
         node.start_worker("slow", blocker)
         src = RecordingSource(depth=lambda: depth(node, "slow"))
@@ -846,6 +849,38 @@ def test_network_delivery_past_a_full_mailbox_pauses_the_source_and_draining_to_
         assert src.calls == ["pause", "resume"]
         assert src.depths == [11, 5]  # resumed once drained to half of mailbox_size
         assert blocker.bodies == list(range(16))
+
+
+def test_a_flooding_source_is_paused_past_its_share_while_another_source_is_not():
+    with Node(mailbox_size=64, source_share=8) as node:
+        blocker = Blocker(message_type=int, expected=42)
+        node.start_worker("shared", blocker)
+        flood = RecordingSource("10.0.0.1:1", depth=lambda: depth(node, "shared"))
+        polite = RecordingSource("10.0.0.2:1")
+        node.deliver([network_message(["shared"], 0)], flood)
+        wait(blocker.entered, "the handler to block")
+        node.deliver([network_message(["shared"], i) for i in range(1, 40)], flood)
+        node.deliver([network_message(["shared"], 100)], polite)
+        node.deliver([network_message(["shared"], 101)], polite)
+        wait(flood.paused, "the flooding source to be paused")
+        # Held once it had added more than 8 to a mailbox already holding more than 8: long
+        # before the mailbox bound of 64 that alone held it before.
+        assert flood.depths == [17]
+        assert polite.calls == []  # its two messages did not cost it its turn
+        blocker.gate.set()
+        wait(blocker.done, "every message")
+        assert flood.calls == ["pause", "resume"]
+        assert sorted(blocker.bodies) == list(range(40)) + [100, 101]
+        assert node.statistics()["dropped"] == {}
+
+
+def test_the_share_cannot_exceed_the_mailbox_and_must_be_positive():
+    with Node(mailbox_size=10, source_share=100) as node:
+        assert node.source_share == 10
+    with Node(mailbox_size=4096) as node:
+        assert node.source_share == 1024
+    with pytest.raises(ValueError):
+        Node(source_share=0)
 
 
 def test_stopping_a_worker_resumes_the_sources_paused_on_its_mailbox():

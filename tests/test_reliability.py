@@ -9,7 +9,7 @@ or its own logging).
 
 import collections
 import os
-import pickle
+import pickle  # noqa: TID251 (builds a pickle exploit to prove payloads are never unpickled)
 import random
 import re
 import signal
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from typing import Deque, List
 
 import gevent
 import gevent.socket
@@ -113,7 +114,7 @@ class LogCapture:
 
     def wait_for(self, *needles, level="WARNING", timeout=WAIT):
         """Wait for a line containing every needle; return the matching lines."""
-        found = []
+        found: List[str] = []
 
         def seen():
             found[:] = self.lines(*needles, level=level)
@@ -138,7 +139,7 @@ class RawPeer:
         self.sock = gevent.socket.create_connection((host, port), timeout=timeout)
         self.sock.settimeout(timeout)
         self.decoder = FrameDecoder()
-        self.pending = collections.deque()
+        self.pending: Deque[TransportMessage] = collections.deque()
         # The key the server gives this connection: the peer as seen on its socket.
         self.key = format_peer(self.sock.getsockname())
 
@@ -271,9 +272,10 @@ class EchoServerProcess:
             stderr=subprocess.PIPE,
             env=_subprocess_env(),
         )
+        assert self.proc.stdout is not None and self.proc.stderr is not None  # both PIPE
         self._stdout = FileObjectPosix(self.proc.stdout.fileno(), "rb", close=False)
         self._stderr = FileObjectPosix(self.proc.stderr.fileno(), "rb", close=False)
-        self.lines = []
+        self.lines: List[str] = []
         self._changed = Event()
         self._reader = gevent.spawn(self._read_stderr)
         line = b""
@@ -294,7 +296,7 @@ class EchoServerProcess:
         self._changed.set()
 
     def wait_for_line(self, *needles, timeout=WAIT):
-        found = []
+        found: List[str] = []
 
         def seen():
             found[:] = [t for t in self.lines if all(contains(t, n) for n in needles)]
@@ -319,6 +321,7 @@ class EchoServerProcess:
             self._reader.join(timeout=WAIT)
             self._reader.kill()
         self.proc.wait(timeout=WAIT)
+        assert self.proc.stdout is not None and self.proc.stderr is not None  # both PIPE
         for pipe in (self._stdout, self._stderr, self.proc.stdout, self.proc.stderr):
             pipe.close()
 
@@ -338,9 +341,10 @@ _ECHO_BODY = frame(["echo_service"], ["app"], BARE.encode("hello"))[2:]
 _RNG = random.Random(20210325)
 _RANDOM_BODY = bytes(_RNG.randrange(256) for _ in range(64))
 _UNFINISHED = object()  # a frame announced at 65535 bytes, 1000 of them sent, then EOF
+_APP_RETURN_ROUTE = b"\x01" + address_bytes(0, b"app")
 
 
-def _body(onward_raw, return_raw=b"\x01" + address_bytes(0, b"app"), rest=b"\x00"):
+def _body(onward_raw, return_raw=_APP_RETURN_ROUTE, rest=b"\x00"):
     return raw_frame(b"\x01" + onward_raw + return_raw + rest)
 
 
@@ -404,7 +408,7 @@ def _check_own_connection(peer, effect):
 
 
 def test_bad_input_vectors_are_what_they_claim():
-    for name, data, effect, _ in BAD_INPUTS:
+    for _name, data, effect, _ in BAD_INPUTS:
         if data is _UNFINISHED:
             continue
         if effect == "malformed":

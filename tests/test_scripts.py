@@ -61,10 +61,10 @@ def read_line(proc, timeout):
         while b"\n" not in data:
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
-                raise AssertionError("no line on stdout within %s s (got %r)" % (timeout, data))
+                raise AssertionError(f"no line on stdout within {timeout} s (got {data!r})")
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise AssertionError("stdout closed before a full line (got %r)" % data)
+                raise AssertionError(f"stdout closed before a full line (got {data!r})")
             data += chunk
     return data.split(b"\n", 1)[0].decode()
 
@@ -101,7 +101,7 @@ def echo_server(tmp_path, *args, **kwargs):
     """An echo_server.py subprocess on 127.0.0.1:0, stopped on exit."""
     log_level = kwargs.pop("log_level", "WARNING")
     assert not kwargs
-    stderr_path = str(tmp_path / ("server-%d.stderr" % time.monotonic_ns()))
+    stderr_path = str(tmp_path / f"server-{time.monotonic_ns()}.stderr")
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, SERVER, "127.0.0.1:0", "--log-level", log_level] + list(args),
@@ -114,10 +114,10 @@ def echo_server(tmp_path, *args, **kwargs):
     try:
         try:
             line = read_line(proc, T)
-        except AssertionError:
+        except AssertionError as exc:
             end_process(proc)
             with open(stderr_path, encoding="utf-8", errors="replace") as f:
-                raise AssertionError("echo_server did not start; stderr:\n" + f.read())
+                raise AssertionError("echo_server did not start; stderr:\n" + f.read()) from exc
         match = READY.search(line)
         assert match, line
         yield Server(proc, match.group(1), stderr_path)
@@ -171,7 +171,7 @@ def raw_listener():
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
         sock.settimeout(T)
-        yield sock, "127.0.0.1:%d" % sock.getsockname()[1]
+        yield sock, f"127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
 
@@ -228,23 +228,23 @@ def test_a_route_through_two_servers_is_forwarded_by_the_first_and_answered_by_t
     with echo_server(tmp_path, log_level="INFO") as b, echo_server(
         tmp_path, "--connect", b.address, log_level="INFO"
     ) as a:
-        route = "1#%s => 1#%s => echo_service" % (a.address, b.address)
+        route = f"1#{a.address} => 1#{b.address} => echo_service"
         result = run_client("--route", route, "--log-level", "INFO")
         assert result.returncode == 0, result.stderr
         assert result.stdout == HELLO + "\n"
         # the reply came back through A: the client only ever talked to A
-        assert "via 1#%s => 1#%s => 0#echo_service" % (a.address, b.address) in result.stderr
+        assert f"via 1#{a.address} => 1#{b.address} => 0#echo_service" in result.stderr
         a_code, a_log = a.stop()
         b_code, b_log = b.stop()
     assert (a_code, b_code) == (0, 0)
-    assert "connected to %s" % b.address in a_log
+    assert f"connected to {b.address}" in a_log
     assert "Responder" not in a_log
     assert "Responder: " + HELLO in b_log
 
 
 def test_a_server_not_told_to_connect_does_not_dial_for_a_forwarded_message(tmp_path):
     with echo_server(tmp_path) as b, echo_server(tmp_path) as a:
-        route = "1#%s => 1#%s => echo_service" % (a.address, b.address)
+        route = f"1#{a.address} => 1#{b.address} => echo_service"
         result = run_client("--route", route, "--timeout", "1")
         assert result.returncode == 1
         a_code, a_log = a.stop()
@@ -273,7 +273,7 @@ def test_the_server_replies_over_the_connection_it_accepted(tmp_path):
 def test_the_client_exits_non_zero_with_one_error_line_when_the_connection_is_refused():
     with contextlib.closing(socket.socket()) as holder:  # bound, not listening: refused
         holder.bind(("127.0.0.1", 0))
-        address = "127.0.0.1:%d" % holder.getsockname()[1]
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
         result = run_client(address)
         quiet = run_client(address, "--log-level", "ERROR")
 
@@ -361,7 +361,7 @@ def test_two_hundred_concurrent_connections_each_get_their_own_reply(tmp_path):
     n = 200
 
     def echo(sock, i):
-        payload = bare_str("client %d says hello" % i)
+        payload = bare_str(f"client {i} says hello")
         sock.sendall(ref_frame(["0#echo_service"], ["0#app"], payload))
         expected = ref_frame(["0#app"], ["0#echo_service"], payload)
         return recv_exact(sock, len(expected), timeout=15) == expected

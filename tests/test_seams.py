@@ -17,7 +17,6 @@ from greenockam import (
     AddressError,
     AddressInUse,
     ConnectionLost,
-    Node,
     NodeStopped,
     ReceiveTimeout,
     Route,
@@ -30,6 +29,7 @@ from helpers import (
     WAIT,
     Echo,
     bare_str,
+    peer_name,
     recv_frame,
     ref_frame,
     wait_until,
@@ -85,7 +85,7 @@ def test_send_message_dispatches_a_whole_message_with_the_return_route_it_carrie
 # --- contexts opened by the application ----------------------------------------------------------
 
 
-def test_an_application_context_at_a_chosen_address_receives_and_its_address_is_freed_on_close(node):
+def test_an_application_context_at_a_chosen_address_receives_and_frees_it_on_close(node):
     ctx = node.open_context("inbox")
     node.send(["inbox"], "for the inbox")
     assert ctx.receive(timeout=WAIT).body == "for the inbox"
@@ -251,7 +251,7 @@ def test_a_random_mark_names_an_accepted_connection_by_an_unguessable_local_addr
     assert node.statistics()["endpoints"] == 1
     assert tcp.connections == {}  # not reachable by 1#ip:port
     peer.close()
-    wait_until(lambda: node.statistics()["endpoints"] == 0, "the mark is removed with its connection")
+    wait_until(lambda: node.statistics()["endpoints"] == 0, "the mark goes with its connection")
 
 
 def test_with_random_marks_one_client_cannot_write_into_another_clients_connection(net):
@@ -259,11 +259,11 @@ def test_with_random_marks_one_client_cannot_write_into_another_clients_connecti
     address = tcp.listen("127.0.0.1:0", mark="random")
     victim = net.connect(address)
     attacker = net.connect(address)
-    victim_name = "%s:%d" % victim.getsockname()[:2]
+    victim_name = peer_name(victim.getsockname())
     attacker.sendall(ref_frame(["1#" + victim_name, "0#victim_app"], ["0#x"], bare_str("forged")))
     wait_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
     victim.sendall(ref_frame(["0#nobody"], ["0#v"], b""))  # the victim's line still works
-    wait_until(lambda: node.statistics()["dropped"].get("unknown_address") == 1, "the victim's frame")
+    wait_until(lambda: node.statistics()["dropped"].get("unknown_address") == 1, "its frame")
     victim.settimeout(0.0)
     with pytest.raises(BlockingIOError):
         victim.recv(1)  # nothing was written to the victim
@@ -274,7 +274,7 @@ def test_with_peer_marks_the_default_a_reply_goes_back_by_ip_and_port(net):
     peer = net.connect(address)
     peer.sendall(ref_frame(["0#echo_service"], ["0#client"], bare_str("hi")))
     assert recv_frame(peer) == ref_frame(["0#client"], ["0#echo_service"], bare_str("hi"))
-    assert list(tcp.connections) == ["%s:%d" % peer.getsockname()[:2]]
+    assert list(tcp.connections) == [peer_name(peer.getsockname())]
 
 
 def test_listen_refuses_an_unknown_mark(net):
@@ -359,7 +359,7 @@ def test_a_client_of_a_peer_marked_listener_can_reach_another_client_only_by_its
     node, tcp, address = net.node(listen=True)
     victim = net.connect(address)
     attacker = net.connect(address)
-    victim_name = "%s:%d" % victim.getsockname()[:2]
+    victim_name = peer_name(victim.getsockname())
     wait_until(lambda: victim_name in tcp.connections, "the victim's connection is registered")
     attacker.sendall(ref_frame(["1#" + victim_name, "0#victim_app"], ["0#x"], bare_str("forged")))
     assert recv_frame(victim).endswith(bare_str("forged"))

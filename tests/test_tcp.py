@@ -7,17 +7,16 @@ against tests/vectors.json (captured from real 2021 Rust Ockam nodes). Nothing i
 monkey-patched, and every wait has a short explicit timeout.
 """
 
-import gc
 import json
 import os
 import re
 import socket
 import struct
+from typing import List
 
 import gevent
 import gevent.socket
 import pytest
-from gevent.event import Event
 from gevent.queue import Queue
 from loguru import logger
 
@@ -28,22 +27,21 @@ from greenockam import (
     Node,
     NodeStopped,
     Route,
-    Worker,
 )
 from greenockam.transport.tcp import TcpTransport
 from helpers import (
     Echo,
     LogLines,
     assert_closed_by_peer,
+    bare_str,
     live_greenlets,
     peer_name,
-    wait_until,
-    bare_str,
     recv_exact,
     recv_frame,
     ref_frame,
     ref_uint,
     split_host_port,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -256,13 +254,13 @@ def test_concurrent_first_sends_to_one_peer_open_exactly_one_connection(net):
     node, tcp, _ = net.node()
 
     route = ["1#" + address, "echo_service"]
-    senders = [gevent.spawn(node.send, route, "message %d" % i) for i in range(20)]
+    senders = [gevent.spawn(node.send, route, f"message {i}") for i in range(20)]
     gevent.joinall(senders, timeout=T)
     assert [g.exception for g in senders] == [None] * 20
     assert all(g.successful() for g in senders)
     bodies = sorted(node.receive(timeout=T).body for _ in range(20))
 
-    assert bodies == sorted("message %d" % i for i in range(20))
+    assert bodies == sorted(f"message {i}" for i in range(20))
     assert server_tcp.statistics()["connections_accepted"] == 1
     assert tcp.statistics()["connections_opened"] == 1
 
@@ -286,7 +284,7 @@ def test_an_explicit_connect_opens_the_connection_that_later_sends_use(net):
 def test_a_host_name_address_connects_and_keys_the_connection_by_that_name(net):
     _, _, address = net.node(listen=True, echo=True)
     node, tcp, _ = net.node()
-    by_name = "localhost:%d" % split_host_port(address)[1]
+    by_name = f"localhost:{split_host_port(address)[1]}"
 
     node.send(["1#" + by_name, "echo_service"], HELLO)
     reply = node.receive(timeout=T)
@@ -387,14 +385,14 @@ def test_ten_thousand_frames_queued_in_one_go_arrive_intact_and_in_order(net):
     peer = net.accept(listener)
     assert recv_frame(peer) == ref_frame(["0#sink"], ["0#app"], bare_str("first"))
 
-    others_ran = []
+    others_ran: List[bool] = []
     gevent.spawn(others_ran.append, True)
     for i in range(10000):
-        node.send(route, "message %d" % i)
+        node.send(route, f"message {i}")
     assert others_ran == [], "sending on an open connection should not yield"
 
     expected = b"".join(
-        ref_frame(["0#sink"], ["0#app"], bare_str("message %d" % i)) for i in range(10000)
+        ref_frame(["0#sink"], ["0#app"], bare_str(f"message {i}")) for i in range(10000)
     )
     assert recv_exact(peer, len(expected)) == expected
 
@@ -555,6 +553,6 @@ def test_the_default_bind_address_is_the_ipv4_loopback(net, spec):
 
     host, port = split_host_port(address)
     assert host == "127.0.0.1" and port > 0
-    raw = net.connect("127.0.0.1:%d" % port)
+    raw = net.connect(f"127.0.0.1:{port}")
     raw.sendall(FRAMES["echo_request_bare"])
     assert recv_exact(raw, len(FRAMES["echo_reply_bare"])) == FRAMES["echo_reply_bare"]

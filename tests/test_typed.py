@@ -423,7 +423,7 @@ def test_a_wrong_value_inside_an_enum_variant_names_the_variant(codec):
 
 @CODEC_PARAMS
 def test_a_nested_struct_of_the_wrong_class_is_named(codec):
-    bad = Outer(1, "o", Marker(), [], None, b"")
+    bad = Outer(1, "o", Marker(), [], None, b"")  # type: ignore[arg-type]  # a wrong value, on purpose
     with pytest.raises(LocalProtocolError, match=r"^Outer\.inner: expected Inner, got Marker"):
         codec.encode(bad)
 
@@ -582,11 +582,11 @@ def test_a_value_nested_past_the_depth_limit_is_refused(codec):
 @pytest.mark.parametrize("key", [List[U8], Inner, Sample], ids=["list", "dataclass", "enum"])
 def test_a_dict_key_whose_values_are_unhashable_is_refused_at_declaration(key):
     with pytest.raises(LocalProtocolError, match="cannot be a dict key"):
-        BARE.decoder(Dict[key, U8])
+        BARE.decoder(Dict[key, U8])  # type: ignore[valid-type]  # a type built at run time
 
 
 def test_a_namedtuple_without_annotations_is_refused_naming_the_field():
-    plain = collections.namedtuple("Plain", "a b")
+    plain = collections.namedtuple("Plain", "a b")  # type: ignore[name-match]  # the declared name is what the test reads
     with pytest.raises(LocalProtocolError, match=r"Plain\.a has no type annotation"):
         BARE.encode(plain(1, 2))
 
@@ -675,6 +675,7 @@ def test_types_declared_under_postponed_annotations_resolve_from_their_module(tm
     path = tmp_path / "postponed_messages.py"
     path.write_text(POSTPONED)
     spec = importlib.util.spec_from_file_location("postponed_messages", path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["postponed_messages"] = module
     try:
@@ -689,7 +690,9 @@ def test_types_declared_under_postponed_annotations_resolve_from_their_module(tm
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="kw_only fields came in Python 3.10")
 def test_keyword_only_fields_are_passed_by_name():
-    kw_only = dataclasses.make_dataclass("KwOnly", [("a", U8), ("b", str)], kw_only=True)
+    kw_only = dataclasses.make_dataclass(  # type: ignore[call-arg,unused-ignore]  # 3.10+ only
+        "KwOnly", [("a", U8), ("b", str)], kw_only=True
+    )
     value = kw_only(b="yz", a=3)
     assert BARE.encode(value) == b"\x03\x02yz"
     assert BARE.decode(b"\x03\x02yz", kw_only) == value
@@ -711,7 +714,7 @@ LEAVES = [
     (F32, st.floats(width=32, allow_nan=False)),
     (F64, st.floats(allow_nan=False)),
     (bool, st.booleans()),
-    (Char, st.characters(blacklist_categories=("Cs",))),
+    (Char, st.characters(blacklist_categories=("Cs",))),  # type: ignore[arg-type]  # a tuple of categories
     (str, st.text(max_size=20)),
     (bytes, st.binary(max_size=20)),
     (None, st.none()),
@@ -750,18 +753,21 @@ def _enum(children):
 
 def _extend(children):
     return st.one_of(
-        children.map(lambda c: (List[c[0]], st.lists(c[1], max_size=4))),
+        children.map(lambda c: (List[c[0]], st.lists(c[1], max_size=4))),  # type: ignore[valid-type]  # types built at run time
         children.map(lambda c: (Optional[c[0]], st.none() | c[1])),
         st.lists(children, min_size=0, max_size=3).map(
             lambda cs: (Tuple[tuple(c[0] for c in cs)] if cs else Tuple[()],
                         st.tuples(*[c[1] for c in cs]))
         ),
         st.tuples(st.sampled_from(KEYS), children).map(
-            lambda kc: (Dict[kc[0][0], kc[1][0]], st.dictionaries(kc[0][1], kc[1][1], max_size=3))
+            lambda kc: (
+                Dict[kc[0][0], kc[1][0]],  # type: ignore[misc]  # types built at run time
+                st.dictionaries(kc[0][1], kc[1][1], max_size=3),
+            )
         ),
         children.flatmap(
             lambda c: st.integers(0, 3).map(
-                lambda n: (Annotated[List[c[0]], Fixed(n)], st.lists(c[1], min_size=n, max_size=n))
+                lambda n: (Annotated[List[c[0]], Fixed(n)], st.lists(c[1], min_size=n, max_size=n))  # type: ignore[valid-type]  # types built at run time
             )
         ),
         st.integers(0, 6).map(

@@ -98,8 +98,12 @@ def test_vector_frame_decodes_to_exactly_its_routes_and_payload(entry):
     assert decoded.version == 1
     assert decoded.onward_route == Route(entry["onward"])
     assert decoded.return_route == Route(entry["return"])
-    assert [str(a) for a in decoded.onward_route] == [str(Address.parse(a)) for a in entry["onward"]]
-    assert [str(a) for a in decoded.return_route] == [str(Address.parse(a)) for a in entry["return"]]
+    assert [str(a) for a in decoded.onward_route] == [
+        str(Address.parse(a)) for a in entry["onward"]
+    ]
+    assert [str(a) for a in decoded.return_route] == [
+        str(Address.parse(a)) for a in entry["return"]
+    ]
     assert type(decoded.onward_route) is Route and type(decoded.return_route) is Route
     assert all(type(a) is Address for a in decoded.onward_route + decoded.return_route)
     assert decoded.payload == bytes.fromhex(entry["payload_hex"])
@@ -161,7 +165,7 @@ def test_invalid_body_in_a_frame_makes_the_decoder_raise_remote_protocol_error(e
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError) as info:
         decoder.feed(framed(bytes.fromhex(entry["body_hex"])))
-    assert info.value.messages == []  # type: ignore[attr-defined]
+    assert info.value.messages == []
 
 
 def test_remote_protocol_error_is_a_protocol_error_not_a_local_one():
@@ -357,7 +361,7 @@ def test_malformed_frame_reports_the_good_messages_before_it_and_poisons_the_dec
     assert decoder.feed(encode_frame(_M3)) == [_M3]
     with pytest.raises(RemoteProtocolError) as info:
         decoder.feed(encode_frame(_M1) + encode_frame(_M2) + bad + encode_frame(_M1))
-    assert info.value.messages == [_M1, _M2]  # type: ignore[attr-defined]
+    assert info.value.messages == [_M1, _M2]
     with pytest.raises(RemoteProtocolError):
         decoder.feed(encode_frame(_M1))
     with pytest.raises(RemoteProtocolError):
@@ -371,7 +375,7 @@ def test_malformed_frame_after_a_buffered_good_frame_reports_that_frame():
     assert decoder.feed(good[:7]) == []
     with pytest.raises(RemoteProtocolError) as info:
         decoder.feed(good[7:] + bad)
-    assert info.value.messages == [_M2]  # type: ignore[attr-defined]
+    assert info.value.messages == [_M2]
 
 
 def test_zero_length_frame_raises():
@@ -384,7 +388,7 @@ def test_zero_length_frame_after_good_frames_raises_with_those_messages():
     assert decoder.feed(encode_frame(_M1)) == [_M1]  # the decoder now remembers _M1's routes
     with pytest.raises(RemoteProtocolError) as info:
         decoder.feed(encode_frame(_M1) + b"\x00\x00" + encode_frame(_M1))
-    assert info.value.messages == [_M1]  # type: ignore[attr-defined]
+    assert info.value.messages == [_M1]
 
 
 def test_body_ending_right_after_repeated_routes_raises():
@@ -453,7 +457,7 @@ def test_decoder_never_buffers_more_than_the_current_incomplete_frame():
     messages = []
     for i in range(60):
         size = rng.choice([0, 1, 127, 128, 5000, 30000, 65000])
-        messages.append(msg(["echo_%d" % (i % 7)], ["app"], bytes([i]) * size))
+        messages.append(msg([f"echo_{i % 7}"], ["app"], bytes([i]) * size))
     frames = [encode_frame(m) for m in messages]
     stream = b"".join(frames)
     boundaries = [0]
@@ -478,9 +482,7 @@ def test_decoder_never_buffers_more_than_the_current_incomplete_frame():
 
 def test_routes_stay_correct_after_more_distinct_routes_than_the_caches_hold():
     def route_pair(i):
-        return Route(["1#10.0.%d.%d:%d" % (i // 256, i % 256, 1000 + i), "w%d" % i]), Route(
-            ["app%d" % (i * 7)]
-        )
+        return Route([f"1#10.0.{i // 256}.{i % 256}:{1000 + i}", f"w{i}"]), Route([f"app{i * 7}"])
 
     count = 5000
     decoder = FrameDecoder()
@@ -585,7 +587,7 @@ def test_decoder_on_random_bodies_agrees_with_decode_body_frame_by_frame(bodies,
             out += decoder.feed(stream[start:end])
     except RemoteProtocolError as exc:
         assert failed
-        assert out + exc.messages == expected  # type: ignore[attr-defined]
+        assert out + exc.messages == expected
     else:
         assert not failed
         assert out == expected
@@ -607,11 +609,11 @@ def test_random_bodies_decode_or_raise_only_remote_protocol_error(body):
 def test_corrupted_or_truncated_valid_bodies_decode_or_raise_only_remote_protocol_error(
     message, data
 ):
-    body = bytearray(encode_body(message))
+    edited = bytearray(encode_body(message))
     for _ in range(data.draw(st.integers(1, 3), label="edits")):
-        index = data.draw(st.integers(0, len(body) - 1), label="index")
-        body[index] = data.draw(st.integers(0, 255), label="byte")
-    body = bytes(body[: data.draw(st.integers(0, len(body)), label="length")])
+        index = data.draw(st.integers(0, len(edited) - 1), label="index")
+        edited[index] = data.draw(st.integers(0, 255), label="byte")
+    body = bytes(edited[: data.draw(st.integers(0, len(edited)), label="length")])
     try:
         decoded = decode_body(body)
     except RemoteProtocolError:

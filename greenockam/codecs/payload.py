@@ -121,7 +121,8 @@ class Codec:
 
     def decode(self, payload: bytes, message_type: Any = str) -> Any:
         """Decode ``payload`` as ``message_type`` (``str``, ``bytes``, ``int``, ``bool``,
-        :data:`UNIT`, :data:`RAW` or a declared type; ``None``: ``str``). Trailing bytes are an error for the built-in
+        :data:`UNIT`, :data:`RAW` or a declared type; ``None``: ``str``). Trailing bytes are an
+        error for the built-in
         types and ignored for declared types.
 
         Raises:

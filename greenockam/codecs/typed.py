@@ -1104,7 +1104,7 @@ class _Gen:
             code = compile(source, f"<greenockam {self.codec} codec of {self.root.name}>", "exec")
         except (SyntaxError, RecursionError, MemoryError) as exc:  # ~20 nested loops at most
             raise TypeError(f"{self.root.name} nests too deeply to compile ({exc})") from None
-        exec(code, namespace)  # noqa: S102 - source generated from the type declaration only
+        exec(code, namespace)
         return namespace
 
 

@@ -55,6 +55,7 @@ from ..errors import (
     OutputFull,
     RemoteProtocolError,
 )
+from ..faults import printable
 from ..wire import (
     VERSION,
     FrameDecoder,
@@ -63,7 +64,6 @@ from ..wire import (
     encode_route,
     frame_with_routes,
 )
-from ..faults import printable
 from .base import Cancel, Endpoint, Held, Outlet, Source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,7 +254,7 @@ class Connection:
             out[:] = [data[sent:]]
             self._out_bytes = len(data) - sent
             if self._write_watcher is None:
-                self._write_watcher = self._loop.io(self._sock.fileno(), 2)  # type: ignore
+                self._write_watcher = self._loop.io(self._sock.fileno(), 2)  # type: ignore[union-attr]
             self._write_watcher.start(self._on_writable)
 
     def _on_writable(self) -> None:
@@ -288,7 +288,11 @@ class Connection:
         function that cancels that."""
         key = next(_watch_keys)
         self._watchers[key] = callback
-        return partial(self._watchers.pop, key, None)
+
+        def cancel() -> None:
+            self._watchers.pop(key, None)
+
+        return cancel
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -321,7 +325,7 @@ class Connection:
             )
             self._transport._count("malformed_frames")
             self.close(exc)
-            return exc.messages  # type: ignore[attr-defined,no-any-return]
+            return exc.messages
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -677,7 +681,8 @@ class TcpTransport:
 
     def _close_idle(self) -> None:
         """Timer callback, in the hub: close connections that received nothing for too long."""
-        deadline = get_hub().loop.now() - self.idle_timeout  # type: ignore[operator]
+        assert self.idle_timeout is not None  # the timer runs only with an idle timeout
+        deadline = get_hub().loop.now() - self.idle_timeout
         for conn in list(self._connections.values()):
             if conn._state == _OPEN and conn._last_read < deadline:
                 conn.close(f"idle for {self.idle_timeout} s")
@@ -707,8 +712,8 @@ class TcpTransport:
         """Plain numbers: ``connections`` open now, ``listeners``, and counters
         (``connections_accepted``, ``connections_opened``, ``connect_failures``,
         ``connections_refused``, ``malformed_frames``, ``replies_to_gone``: messages to a client
-        that connected and left, refused without dialing it). Messages this transport could not carry
-        are counted with the node's (``Node.statistics()["dropped"]``: ``connect_failed``,
+        that connected and left, refused without dialing it). Messages this transport could not
+        carry are counted with the node's (``Node.statistics()["dropped"]``: ``connect_failed``,
         ``unsendable``)."""
         stats: Dict[str, Any] = {
             "connections": len(self._connections),

@@ -1,0 +1,621 @@
+"""The hub: ``echo_service``, ``forwarding_service`` and its forwarders, and the
+:class:`RemoteForwarder` client that makes a node without a listener reachable through a hub.
+
+Everything here follows docs/hub.md, which gives the frames byte for byte (they are those of the
+2021 Rust Ockam hub and its ``RemoteForwarder``) and the rules that keep a greenockam hub from
+being an open relay:
+
+* The services and every forwarder are :class:`~greenockam.transport.base.Endpoint` objects:
+  each message is re-routed in the node's router greenlet, with the connection it came from as
+  its source, so flow control pauses a sender whose destination's output is full and nothing
+  else (docs/hub.md, "Limits").
+* A forwarder is bound to the connection that registered it and removed when that connection
+  closes; registrations past the per-connection or total limit are dropped and counted.
+* With confinement (on by default), a connection marked with a random address (the hub's
+  default, ``TcpTransport.listen(mark="random")``) receives only what the hub's services and its
+  own forwarders send it, and replies along exactly the return routes the hub handed to the
+  sender (docs/hub.md, "Confinement").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional, Set
+
+import gevent
+from gevent import Greenlet
+from gevent.event import AsyncResult, Event
+from loguru import logger
+
+from .address import LOCAL, TCP, Address, AddressLike, Route
+from .errors import AddressInUse, GreenockamError, NodeStopped
+from .node import Node
+from .transport.base import Cancel, Endpoint, Source
+from .transport.tcp import parse_host_port
+from .wire import VERSION, TransportMessage, encode_route, encode_uint
+
+__all__ = [
+    "ECHO_SERVICE",
+    "FORWARDING_SERVICE",
+    "REGISTER_PAYLOAD",
+    "Hub",
+    "ForwarderInfo",
+    "RemoteForwarder",
+    "RegistrationFailed",
+]
+
+ECHO_SERVICE = "echo_service"
+FORWARDING_SERVICE = "forwarding_service"
+REGISTER_PAYLOAD = b"\x08register"
+"""The registration payload: the BARE string ``"register"`` (docs/hub.md, "Registration")."""
+
+_new_tuple = tuple.__new__
+
+
+class RegistrationFailed(GreenockamError):
+    """A :class:`RemoteForwarder` could not register at its hub: no connection, no reply
+    within the timeout, or a reply that is not a registration (docs/hub.md, "The client")."""
+
+
+def _message(onward: Route, ret: Route, payload: bytes) -> TransportMessage:
+    return _new_tuple(TransportMessage, (VERSION, onward, ret, payload))
+
+
+# --- the hub ---------------------------------------------------------------------------------
+
+
+class _Guard(Endpoint):
+    """Stands in front of a connection's random mark when the hub confines connections: lets
+    through only what the connection may receive, and remembers which return routes the
+    connection was handed (its grants)."""
+
+    __slots__ = ("hub", "mark", "inner", "grants", "cancel")
+
+    def __init__(self, hub: Hub, mark: Address, inner: Endpoint) -> None:
+        self.hub = hub
+        self.mark = mark
+        self.inner = inner  # the transport's endpoint that writes on the connection
+        self.grants: Dict[Route, None] = {}  # return routes handed to this connection, oldest first
+        self.cancel: Optional[Cancel] = None
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        if source is not None:
+            sender = getattr(source, "mark", None)
+            if sender != self.mark:
+                guard = self.hub._guards.get(sender[1]) if sender is not None else None
+                if guard is None or message[1] not in guard.grants:
+                    self.hub.node.drop("confined", message, source)
+                    return
+        self.write(message, source)
+
+    def write(self, message: TransportMessage, source: Optional[Source]) -> None:
+        """Write ``message`` on the connection, granting it the message's return route."""
+        ret = message[2]
+        if ret and ret[0] != self.mark and ret[0][1] in self.hub._guards:
+            grants = self.grants
+            if ret not in grants:
+                if len(grants) >= self.hub.max_grants_per_connection:
+                    del grants[next(iter(grants))]
+                grants[ret] = None
+                self.hub._holders[ret[0][1]].add(self)
+        self.inner.handle(message, source)
+
+    def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
+        return self.inner.on_close(callback)
+
+
+class _Forwarder(Endpoint):
+    """One registration: sends every message it gets along the registered route, with the
+    sender's return route (docs/hub.md, "Forwarding")."""
+
+    __slots__ = ("hub", "route")
+
+    def __init__(self, hub: Hub, route: Route) -> None:
+        self.hub = hub
+        self.route = route
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        hub = self.hub
+        hub._adopt(source)  # the registrant will learn the sender's mark
+        hub.forwarded += 1
+        hub._send(_message(self.route, message[2], message[3]), source)
+
+
+class _EchoService(Endpoint):
+    """``echo_service``: the payload back along the return route, from ``echo_service``."""
+
+    __slots__ = ("hub",)
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        self.hub.echoed += 1
+        self.hub._send(_message(message[2], self.hub._echo_route, message[3]), source)
+
+
+class _ForwardingService(Endpoint):
+    """``forwarding_service``: each message registers a new forwarder."""
+
+    __slots__ = ("hub",)
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        self.hub._register(message, source)
+
+
+class Hub:
+    """The hub services on ``node``: ``echo_service``, ``forwarding_service`` and the forwarders
+    it creates (docs/hub.md). Starts them at once; :meth:`stop` removes them (the node runs on).
+
+    A hub never dials: give its node a ``TcpTransport`` with the default
+    ``dial_for_forward=False`` and listen with ``mark="random"`` (what ``scripts/hub.py`` does)::
+
+        node = Node()
+        tcp = TcpTransport(node)
+        tcp.listen("127.0.0.1:4000", mark="random")
+        hub = Hub(node)
+
+    Args:
+        node: the node to serve.
+        max_forwarders: forwarders alive at once, over which a registration is dropped
+            (default 100000).
+        max_forwarders_per_connection: forwarders registered over one connection (default 64).
+        confine: guard connections marked with random addresses (default True; see the module
+            docstring). Connections marked ``1#peer`` cannot be guarded.
+        max_grants_per_connection: return routes a confined connection remembers that it may
+            reply along (default 1024; the oldest is forgotten first).
+
+    Attributes:
+        registrations, forwarded, echoed: counters (see :meth:`statistics`).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        max_forwarders: int = 100_000,
+        max_forwarders_per_connection: int = 64,
+        confine: bool = True,
+        max_grants_per_connection: int = 1024,
+    ) -> None:
+        for name, value in (
+            ("max_forwarders", max_forwarders),
+            ("max_forwarders_per_connection", max_forwarders_per_connection),
+            ("max_grants_per_connection", max_grants_per_connection),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self.node = node
+        self.max_forwarders = max_forwarders
+        self.max_forwarders_per_connection = max_forwarders_per_connection
+        self.confine = confine
+        self.max_grants_per_connection = max_grants_per_connection
+        self.registrations = 0
+        self.forwarded = 0
+        self.echoed = 0
+        self._refused = 0
+        self._warned_peer_marks = False
+        self._forwarders: Dict[str, _Forwarder] = {}  # address value -> forwarder
+        self._by_connection: Dict[Address, Set[str]] = {}  # registrant mark -> its forwarders
+        self._watches: Dict[Address, Cancel] = {}  # registrant mark -> its close watch
+        self._guards: Dict[str, _Guard] = {}  # random mark value -> its guard
+        self._holders: Dict[str, Set[_Guard]] = {}  # mark value -> guards granted routes to it
+        self._echo_route = Route([Address(LOCAL, ECHO_SERVICE)])
+        self._services = [
+            node.start_endpoint(ECHO_SERVICE, _EchoService(self)),
+            node.start_endpoint(FORWARDING_SERVICE, _ForwardingService(self)),
+        ]
+
+    def __repr__(self) -> str:
+        return f"<Hub {len(self._forwarders)} forwarders>"
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _send(self, message: TransportMessage, source: Optional[Source]) -> None:
+        """Route what the hub itself sends: straight to a guarded connection (the hub may
+        write to any), else through the node (in the router when it came from the network)."""
+        onward = message[1]
+        guard = self._guards.get(onward[0][1]) if onward and onward[0][0] == LOCAL else None
+        if guard is not None:
+            guard.write(message, source)
+        elif source is not None:
+            self.node.deliver([message], source)
+        else:
+            self.node.dispatch(message)
+
+    def _adopt(self, source: Optional[Source]) -> None:
+        """Guard ``source``'s connection from now on, if confining and it has a random mark
+        (called before the hub hands that mark to anyone)."""
+        if source is None or not self.confine:
+            return
+        mark: Optional[Address] = getattr(source, "mark", None)
+        if mark is None or mark[1] in self._guards:
+            return
+        if mark[0] != LOCAL:
+            if not self._warned_peer_marks:
+                self._warned_peer_marks = True
+                logger.warning(
+                    "connections marked {} by their peer address cannot be confined; listen "
+                    'with mark="random" to confine them',
+                    mark,
+                )
+            return
+        node = self.node
+        inner = node.endpoints.get(mark[1])
+        if inner is None:
+            return  # closed already
+        guard = _Guard(self, mark, inner)
+        node.stop_endpoint(mark)
+        node.start_endpoint(mark, guard)
+        self._guards[mark[1]] = guard
+        self._holders[mark[1]] = set()
+        guard.cancel = node.on_close(mark, lambda: self._unguard(mark))
+
+    def _unguard(self, mark: Address) -> None:
+        """A guarded connection closed (called from the hub; the transport removed its mark):
+        forget its guard and every route to it that other connections were granted."""
+        guard = self._guards.pop(mark[1], None)
+        for holder in self._holders.pop(mark[1], ()):
+            for route in [r for r in holder.grants if r[0] == mark]:
+                del holder.grants[route]
+        if guard is not None:
+            for route in guard.grants:
+                holders = self._holders.get(route[0][1])
+                if holders is not None:
+                    holders.discard(guard)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def _register(self, message: TransportMessage, source: Optional[Source]) -> None:
+        """Create a forwarder for the registration ``message`` and reply from it (in the
+        router for a network registrant: never blocks or raises to it)."""
+        node = self.node
+        route = message[2]
+        if not route:
+            node.drop("empty_route", message, source)
+            return
+        connection = route[0] if source is not None else None
+        if len(self._forwarders) >= self.max_forwarders:
+            self._refuse("forwarder_limit", message, source)
+            return
+        owned = self._by_connection.get(connection) if connection is not None else None
+        if owned is not None and len(owned) >= self.max_forwarders_per_connection:
+            self._refuse("connection_forwarder_limit", message, source)
+            return
+        if connection is not None and owned is None:
+            self._adopt(source)
+            cancel = node.on_close(connection, lambda: self._connection_closed(connection))
+            if cancel is None:
+                node.drop("connection_closed", message, source)
+                return
+            owned = self._by_connection[connection] = set()
+            self._watches[connection] = cancel
+        forwarder = _Forwarder(self, route)
+        while True:
+            try:  # 8 bytes from the OS, as the 2021 hub: never an address in use on the node
+                address = node.start_endpoint(os.urandom(8).hex(), forwarder)
+                break
+            except AddressInUse:
+                continue
+        self._forwarders[address[1]] = forwarder
+        if owned is not None:
+            owned.add(address[1])
+        self.registrations += 1
+        logger.debug("forwarder {} registered for {}", address, connection or "a local worker")
+        self._send(_message(route, Route([address]), message[3]), source)
+
+    def _refuse(self, reason: str, message: TransportMessage, source: Optional[Source]) -> None:
+        self._refused += 1
+        self.node.drop(reason, message, source)
+
+    def _connection_closed(self, connection: Address) -> None:
+        """The registrant's connection closed: its forwarders go (called from the hub)."""
+        self._watches.pop(connection, None)
+        for value in self._by_connection.pop(connection, ()):
+            self._remove(value)
+
+    def _remove(self, value: str) -> None:
+        if self._forwarders.pop(value, None) is not None:
+            try:
+                self.node.stop_endpoint(Address(LOCAL, value))
+            except GreenockamError:
+                pass  # the node stopped and cleared its endpoints already
+            logger.debug("forwarder 0#{} removed", value)
+
+    # -- inspection and lifecycle -----------------------------------------------------------
+
+    @property
+    def forwarders(self) -> Dict[str, Route]:
+        """The live forwarders: address value -> registered route (a copy)."""
+        return {value: f.route for value, f in self._forwarders.items()}
+
+    def statistics(self) -> Dict[str, Any]:
+        """Plain numbers: ``forwarders`` alive, ``registrant_connections`` (connections that
+        own forwarders), ``guarded_connections``, ``grants`` (return routes held by guarded
+        connections), ``registrations`` made, ``registrations_refused`` (over a limit),
+        ``forwarded`` and ``echoed`` messages. Messages dropped are counted with the node's
+        (``Node.statistics()["dropped"]``: ``confined``, ``forwarder_limit``,
+        ``connection_forwarder_limit``, ``unknown_address``, ``no_connection``)."""
+        return {
+            "forwarders": len(self._forwarders),
+            "registrant_connections": len(self._by_connection),
+            "guarded_connections": len(self._guards),
+            "grants": sum(len(g.grants) for g in self._guards.values()),
+            "registrations": self.registrations,
+            "registrations_refused": self._refused,
+            "forwarded": self.forwarded,
+            "echoed": self.echoed,
+        }
+
+    def stop(self) -> None:
+        """Remove the services, every forwarder and every guard (the connections stay open and
+        unguarded). Idempotent."""
+        node = self.node
+        for cancel in list(self._watches.values()):
+            cancel()
+        self._watches.clear()
+        self._by_connection.clear()
+        for value in list(self._forwarders):
+            self._remove(value)
+        for guard in list(self._guards.values()):
+            if guard.cancel is not None:
+                guard.cancel()
+            if node.endpoints.get(guard.mark[1]) is guard:
+                node.stop_endpoint(guard.mark)
+                node.start_endpoint(guard.mark, guard.inner)
+        self._guards.clear()
+        self._holders.clear()
+        for address in self._services:
+            if address[1] in node.endpoints:
+                node.stop_endpoint(address)
+        self._services = []
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class ForwarderInfo:
+    """Where a registered worker can be reached: Rust's ``RemoteForwarderInfo``.
+
+    Attributes:
+        forwarding_route: ``[1#hub, 0#<forwarder>]``: the route senders use.
+        remote_address: the forwarder's address at the hub (16 hex characters for a
+            greenockam or 2021 hub).
+        worker_address: the :class:`RemoteForwarder`'s own local address.
+    """
+
+    __slots__ = ("forwarding_route", "remote_address", "worker_address")
+
+    def __init__(self, forwarding_route: Route, remote_address: str, worker_address: Address):
+        self.forwarding_route = forwarding_route
+        self.remote_address = remote_address
+        self.worker_address = worker_address
+
+    def __repr__(self) -> str:
+        return (
+            f"ForwarderInfo(forwarding_route={str(self.forwarding_route)!r}, "
+            f"remote_address={self.remote_address!r}, worker_address={str(self.worker_address)!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ForwarderInfo) and self.encode() == other.encode()
+
+    def __hash__(self) -> int:
+        return hash(self.encode())
+
+    def encode(self) -> bytes:
+        """The BARE encoding of Rust's struct (docs/hub.md, "The client"): the route, the
+        string, the address, in that order, untagged."""
+        text = self.remote_address.encode("utf-8")
+        worker = encode_route(Route([self.worker_address]))[1:]  # one address, no count
+        return encode_route(self.forwarding_route) + encode_uint(len(text)) + text + worker
+
+
+class RemoteForwarder(Endpoint):
+    """Makes the local worker ``destination`` reachable at a hub: registers with the hub's
+    ``forwarding_service`` and passes on everything its forwarder sends (docs/hub.md, "The
+    client"). Wire-compatible with Rust's 2021 ``RemoteForwarder``; beyond it, it registers
+    again with backoff when the connection to the hub drops, and tells the application each new
+    address through ``on_registered``.
+
+    ::
+
+        rf = RemoteForwarder.create(node, "127.0.0.1:4000", "echoer", timeout=10)
+        print(rf.info.remote_address)  # senders use [1#127.0.0.1:4000, <that address>]
+
+    Args:
+        node: the local node; it needs a ``TcpTransport``.
+        hub: the hub as ``host:port``.
+        destination: the local address everything sent to the forwarder goes to.
+        timeout: seconds one registration waits for the hub's reply (default 10).
+        on_registered: called with the :class:`ForwarderInfo` of each registration, the
+            first one (before :meth:`start` returns) and every one after a reconnection, in
+            the greenlet that registered; it should not block for long.
+        reconnect: register again when the connection to the hub closes (default True).
+        backoff: seconds before the first retry after a failure, doubled per failure up to
+            ``max_backoff`` (defaults 0.1 and 30).
+
+    Attributes:
+        info: the current :class:`ForwarderInfo`, or None while not registered.
+        address: this forwarder's own local address (the return route of its registration).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        hub: str,
+        destination: AddressLike,
+        *,
+        timeout: float = 10.0,
+        on_registered: Optional[Callable[[ForwarderInfo], None]] = None,
+        reconnect: bool = True,
+        backoff: float = 0.1,
+        max_backoff: float = 30.0,
+    ) -> None:
+        parse_host_port(hub)  # ValueError for anything but host:port
+        self.node = node
+        self.hub = hub
+        self.destination = Route([destination])
+        self.timeout = timeout
+        self.on_registered = on_registered
+        self.reconnect = reconnect
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.info: Optional[ForwarderInfo] = None
+        self.address: Optional[Address] = None
+        self._service_route = Route([Address(TCP, hub), Address(LOCAL, FORWARDING_SERVICE)])
+        self._reply: Optional[AsyncResult] = None
+        self._lost = Event()
+        self._stopped = Event()
+        self._watch: Optional[Cancel] = None
+        self._greenlet: Optional[Greenlet] = None
+
+    def __repr__(self) -> str:
+        state = self.info.remote_address if self.info is not None else "unregistered"
+        return f"<RemoteForwarder {self.hub} {state}>"
+
+    @classmethod
+    def create(
+        cls, node: Node, hub: str, destination: AddressLike, **options: Any
+    ) -> RemoteForwarder:
+        """A started :class:`RemoteForwarder` (see :meth:`start`); ``options`` as the
+        constructor's."""
+        forwarder = cls(node, hub, destination, **options)
+        forwarder.start()
+        return forwarder
+
+    def start(self) -> ForwarderInfo:
+        """Register, wait for the hub's reply, then (with ``reconnect``) watch the connection
+        in a greenlet of its own.
+
+        Raises:
+            RegistrationFailed: the hub could not be reached or did not reply properly within
+                ``timeout``; nothing is left running.
+        """
+        if self.address is not None:
+            raise RuntimeError("this RemoteForwarder was started already")
+        self.address = self.node.start_endpoint(None, self)
+        try:
+            info = self._register()
+        except BaseException:
+            self.stop()
+            raise
+        if self.reconnect:
+            self._greenlet = Greenlet.spawn(self._supervise)
+        return info
+
+    def stop(self) -> None:
+        """Stop re-registering and remove this forwarder's local address (the hub removes its
+        forwarder when the connection closes). Idempotent."""
+        self._stopped.set()
+        self._lost.set()
+        if self._watch is not None:
+            self._watch()
+            self._watch = None
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill()
+        if self.address is not None and self.address[1] in self.node.endpoints:
+            self.node.stop_endpoint(self.address)
+        self.info = None
+
+    # -- registering ------------------------------------------------------------------------
+
+    def _register(self) -> ForwarderInfo:
+        """One registration over the (re)opened connection to the hub."""
+        assert self.address is not None
+        if self._watch is not None:  # from an attempt that timed out
+            self._watch()
+            self._watch = None
+        reply: AsyncResult = AsyncResult()
+        self._reply = reply
+        self.info = None
+        self._lost.clear()
+        hub_address = Address(TCP, self.hub)
+        try:
+            self.node.dispatch(
+                _message(self._service_route, Route([self.address]), REGISTER_PAYLOAD)
+            )
+            self._watch = self.node.on_close(hub_address, self._connection_closed)
+            if self._watch is None:
+                raise RegistrationFailed(f"the connection to the hub at {self.hub} closed")
+            info = reply.get(timeout=self.timeout)
+        except gevent.Timeout:
+            raise RegistrationFailed(
+                f"no reply from the hub at {self.hub} within {self.timeout} s"
+            ) from None
+        except NodeStopped:
+            raise
+        except RegistrationFailed:
+            raise
+        except GreenockamError as exc:
+            raise RegistrationFailed(f"cannot register at the hub at {self.hub}: {exc}") from exc
+        finally:
+            self._reply = None
+        logger.info("registered at the hub {}: forwarder {}", self.hub, info.remote_address)
+        if self.on_registered is not None:
+            try:
+                self.on_registered(info)
+            except Exception:
+                logger.opt(exception=True).error("on_registered failed for {}", info)
+        return info  # type: ignore[no-any-return]
+
+    def _connection_closed(self) -> None:
+        """The connection to the hub closed (called from the hub)."""
+        self._watch = None
+        self.info = None
+        self._lost.set()
+        reply = self._reply
+        if reply is not None and not reply.ready():
+            reply.set_exception(
+                RegistrationFailed(f"the connection to the hub at {self.hub} closed")
+            )
+
+    def _supervise(self) -> None:
+        """Register again, with backoff, each time the connection to the hub closes."""
+        while True:
+            self._lost.wait()
+            if self._stopped.is_set() or not self.node.running:
+                return
+            logger.warning("lost the connection to the hub {}; registering again", self.hub)
+            delay = self.backoff
+            while True:
+                try:
+                    self._register()
+                    break
+                except RegistrationFailed as exc:
+                    logger.warning("{}; next attempt in {:.1f} s", exc, delay)
+                except NodeStopped:
+                    return
+                if self._stopped.wait(delay) or not self.node.running:
+                    return
+                delay = min(delay * 2, self.max_backoff)
+
+    # -- messages (in the router for network input) -----------------------------------------
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        reply = self._reply
+        if reply is not None and not reply.ready():
+            # The registration reply: the payload must be the registration's and the last
+            # return hop a local address, the forwarder's (docs/hub.md, "The client").
+            ret = message[2]
+            if message[3] != REGISTER_PAYLOAD or not ret or ret[-1][0] != LOCAL:
+                reply.set_exception(
+                    RegistrationFailed(f"the hub at {self.hub} sent an invalid registration reply")
+                )
+            else:
+                assert self.address is not None
+                self.info = ForwarderInfo(ret, ret[-1][1], self.address)
+                reply.set(self.info)
+            return
+        if self.info is None:
+            self.node.drop("not_registered", message, source)
+            return
+        forward = _message(self.destination, message[2], message[3])
+        if source is not None:
+            self.node.deliver([forward], source)
+        else:
+            self.node.dispatch(forward)
