@@ -40,6 +40,7 @@ from greenockam import (
     UntrustedPeer,
     Worker,
 )
+from greenockam.hub import Hub, RemoteForwarder
 from greenockam.secure import (
     Handshake,
     HandshakeTimeout,
@@ -245,6 +246,34 @@ def test_a_middle_hop_sees_only_ciphertext(tcp_pair):
         a.stop(timeout=2.0)
         c.stop(timeout=2.0)
         relay.close()
+
+
+def test_a_channel_through_a_hub_forwarder_shows_the_hub_only_ciphertext(tcp_pair):
+    """The responder registers its listener at a hub (docs/hub.md); the initiator opens the
+    channel along [hub, forwarder]. Both connections to the hub pass through recording relays."""
+    a, c, _, echoer = tcp_pair
+    with Node() as hub_node:
+        hub_tcp = TcpTransport(hub_node)
+        hub_address = hub_tcp.listen("127.0.0.1:0", mark="random")
+        hub = Hub(hub_node)
+        relays = [RecordingRelay(hub_address), RecordingRelay(hub_address)]
+        try:
+            SecureChannelListener(c)
+            forwarder = RemoteForwarder.create(c, relays[0].address, "secure_channel_listener",
+                                               timeout=WAIT, reconnect=False)
+            route = [f"1#{relays[1].address}", forwarder.info.remote_address]
+            channel = open_secure_channel(a, route, timeout=WAIT)
+            for _ in range(3):
+                assert a.request([channel.address, "echoer"], SECRET, timeout=WAIT).body == SECRET
+            assert echoer.seen.get(timeout=WAIT)[0] == SECRET
+            assert hub.statistics()["forwarded"] >= 1
+            for relay in relays:
+                assert relay.seen and SECRET.encode() not in relay.seen
+                assert b"echoer" not in relay.seen
+            forwarder.stop()
+        finally:
+            for relay in relays:
+                relay.close()
 
 
 # --- authentication ---------------------------------------------------------------------------
