@@ -23,7 +23,6 @@ import gevent.subprocess
 import pytest
 from gevent.queue import Queue
 from gevent.server import StreamServer
-from helpers import WAIT, split_host_port
 from loguru import logger
 
 from greenockam import (
@@ -54,6 +53,7 @@ from greenockam.secure import (
 from greenockam.secure.channel import decode_create_responder, encode_create_responder
 from greenockam.transport.tcp import TcpTransport
 from greenockam.wire import decode_body, encode_body
+from helpers import WAIT, split_host_port
 
 pytestmark = pytest.mark.timeout(90)
 
