@@ -245,3 +245,25 @@ def test_a_middleware_forward_follows_the_connect_policy(net, logs):
     wait_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
     assert tcp.connections == {}
     assert node.statistics()["handler_errors"] == 0
+
+
+def test_a_handler_bug_logs_its_traceback_without_the_payload_even_with_a_diagnosing_sink(node):
+    class Leaky(Worker):
+        def handle_message(self, ctx, msg):
+            secret = msg.body  # noqa: F841 (a local a diagnosing sink would print)
+            raise ValueError("handler bug")
+
+    out = []
+    logger.enable("greenockam")
+    handler = logger.add(out.append, level="DEBUG", diagnose=True, backtrace=True)
+    try:
+        node.start_worker("leaky", Leaky())
+        node.send(["leaky"], "pw=hunter2")
+        wait_until(lambda: node.statistics()["handler_errors"] == 1, "the handler error")
+        wait_until(lambda: any("handler bug" in str(m) for m in out), "its log line")
+    finally:
+        logger.remove(handler)
+        logger.disable("greenockam")
+    text = "".join(str(m) for m in out)
+    assert "ValueError: handler bug" in text and "Traceback" in text
+    assert "hunter2" not in text
