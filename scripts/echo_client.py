@@ -5,9 +5,16 @@
     python scripts/echo_client.py [HOST:PORT | --route ROUTE] [--message TEXT]
                                   [--timeout SECONDS] [--connect-timeout SECONDS]
                                   [--codec bare|bincode] [--log-level LEVEL]
+                                  [--secure-channel ROUTE] [--identity FILE]
+                                  [--trust PUBLIC_KEY_HEX ...]
 
 ``--route "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => echo_service"`` goes through several nodes
-(give either HOST:PORT or --route). Prints the reply and nothing else, exits 0; or prints one
+(give either HOST:PORT or --route).
+``--secure-channel "1#127.0.0.1:3000 => 1#127.0.0.1:4000 => secure_channel_listener"`` first
+opens a secure channel along that route (docs/secure-channel.md) and sends the message through
+it; ``--route`` then names the worker behind the channel (default ``echo_service``).
+``--trust`` accepts only a responder with one of these public keys; ``--identity`` keeps this
+client's key in FILE. Prints the reply and nothing else, exits 0; or prints one
 ``error:`` line and exits 1 (a bad argument, a refused connection, no reply in time). The log
 (stderr) is silent unless ``--log-level`` asks for it.
 """
@@ -17,8 +24,9 @@ import sys
 
 from loguru import logger
 
-from _cli import add_common_options, start_logging
+from _cli import add_common_options, add_secure_options, secure_options, start_logging
 from greenockam import GreenockamError, Node, ReceiveTimeout, Route
+from greenockam.secure import HandshakeTimeout, open_secure_channel
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
 DEFAULT_SERVER = "127.0.0.1:10222"
@@ -35,11 +43,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds to open the connection"
     )
+    parser.add_argument(
+        "--secure-channel",
+        metavar="ROUTE",
+        help="open a secure channel along ROUTE (to a listener) and send through it",
+    )
     add_common_options(parser, default_level="OFF")
+    add_secure_options(parser)
     args = parser.parse_args(argv)
     try:
         route = _route(args)
-    except ValueError as exc:
+        identity, trust = secure_options(args)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for option in ("timeout", "connect_timeout"):
@@ -52,9 +67,23 @@ def main(argv=None) -> int:
     with Node(codec=args.codec) as node:
         TcpTransport(node, connect_timeout=args.connect_timeout)
         try:
+            if args.secure_channel:
+                channel = open_secure_channel(
+                    node,
+                    args.secure_channel,
+                    identity=identity,
+                    trust=trust,
+                    timeout=args.timeout,
+                    local_only=True,
+                )
+                logger.info("secure channel to {}", channel.peer_key.hex())
+                route = Route([channel.address, *route])
             node.send(route, args.message)  # from "app", as the Rust example's request
             reply = node.receive(timeout=args.timeout)
             body = reply.body
+        except HandshakeTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except ReceiveTimeout:
             print(f"error: no reply from {route} within {args.timeout} s", file=sys.stderr)
             return 1
@@ -67,11 +96,24 @@ def main(argv=None) -> int:
 
 
 def _route(args: argparse.Namespace) -> Route:
-    """The route to send along, from HOST:PORT or --route.
+    """The route to send along, from HOST:PORT or --route; with --secure-channel, the route
+    behind the channel (--route, default ``echo_service``).
 
     Raises:
         ValueError: which argument is wrong, and why.
     """
+    if args.secure_channel is not None:
+        if args.address is not None:
+            raise ValueError(
+                "with --secure-channel, give --route (behind the channel), not HOST:PORT"
+            )
+        for option, text in (("--secure-channel", args.secure_channel), ("--route", args.route)):
+            try:
+                if text is not None and not Route.parse(text):
+                    raise ValueError("the route is empty")
+            except ValueError as exc:
+                raise ValueError(f"{option} {text!r}: {exc}") from None
+        return Route.parse(args.route or "echo_service")
     if args.route is not None and args.address is not None:
         raise ValueError("give either HOST:PORT or --route, not both")
     if args.route is not None:

@@ -3,7 +3,15 @@
 message with its body, over TCP on HOST:PORT (default 127.0.0.1:10222).
 
     python scripts/echo_server.py [HOST:PORT] [--connect HOST:PORT ...] [--hub HOST:PORT]
+                                  [--worker NAME] [--identity FILE] [--trust PUBLIC_KEY_HEX ...]
                                   [--codec bare|bincode] [--log-level LEVEL]
+
+It also runs a secure channel listener at ``secure_channel_listener``, as the responder of
+Ockam's get started example 09 does (docs/secure-channel.md): ``echo_client.py
+--secure-channel`` reaches the worker through an encrypted channel. Decrypted messages go to
+local workers only. ``--identity`` gives the listener a long-term key (its public key is logged);
+``--trust`` accepts only initiators with these keys. ``--worker echoer`` names the worker as the
+Rust get started examples do.
 
 A message that arrives for another ``1#host:port`` is forwarded only over a connection that is
 open (docs/protocol.md, section 7): ``--connect`` opens one at start, as the middle node of
@@ -23,10 +31,11 @@ import sys
 
 from loguru import logger
 
-from _cli import add_common_options, start_logging
+from _cli import add_common_options, add_secure_options, secure_options, start_logging
 from greenockam import ConnectFailed, Node, Worker
 from greenockam.faults import printable
 from greenockam.hub import RegistrationFailed, RemoteForwarder
+from greenockam.secure import SecureChannelListener, public_key
 from greenockam.transport.tcp import TcpTransport, parse_host_port
 
 
@@ -60,14 +69,22 @@ def main(argv=None) -> int:
         metavar="HOST:PORT",
         help="listen nowhere: be reachable through the forwarder of this hub instead",
     )
+    parser.add_argument(
+        "--worker",
+        default="echo_service",
+        metavar="NAME",
+        help="the echo worker's address (default echo_service)",
+    )
     add_common_options(parser)
+    add_secure_options(parser)
     args = parser.parse_args(argv)
-    for text in [args.address, *args.connect, *([args.hub] if args.hub else [])]:
-        try:
+    try:
+        for text in [args.address, *args.connect, *([args.hub] if args.hub else [])]:
             parse_host_port(text)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        identity, trust = secure_options(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     start_logging(args.log_level)
 
@@ -78,17 +95,20 @@ def main(argv=None) -> int:
             tcp.connect(peer)
         bound = tcp.listen(args.address) if not args.hub else None
         log_each = args.log_level != "OFF" and logger.level(args.log_level).no <= 20  # INFO
-        node.start_worker("echo_service", Responder(log_each))
+        node.start_worker(args.worker, Responder(log_each))
+        SecureChannelListener(node, identity=identity, trust=trust, local_only=True)
+        if identity is not None:
+            logger.info("secure channel public key {}", public_key(identity).hex())
         if args.hub:
             RemoteForwarder.create(
                 node,
                 args.hub,
-                "echo_service",
+                args.worker,
                 on_registered=lambda info: print(info.remote_address, flush=True),
             )
         else:
             # A line the caller can wait for (the bound port matters when asked for port 0).
-            print(f"echo_service listening on {bound}", flush=True)
+            print(f"{args.worker} listening on {bound}", flush=True)
         node.serve_forever()  # until SIGINT or SIGTERM
         logger.info("stopping")
     except (ConnectFailed, RegistrationFailed) as exc:

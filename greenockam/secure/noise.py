@@ -20,13 +20,22 @@ Every primitive (X25519, AES-256-GCM, SHA-256, HKDF) comes from PyCA ``cryptogra
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Tuple
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+with warnings.catch_warnings():
+    # The last cryptography for Python 3.8 (47.0, which setup.py allows on purpose) warns on
+    # import that its 3.8 support is deprecated: a line on stderr of every application that
+    # imports greenockam.secure, which the library must not print. Scoped to this import.
+    warnings.filterwarnings("ignore", message=r"Python 3\.8 is no longer supported")
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import (
     DecryptFailed,
