@@ -171,9 +171,10 @@ def test_serve_forever_waits_on_a_node_with_no_listener_until_a_signal(tmp_path)
     import sys
 
     program = (
+        "import gevent\n"
         "from greenockam import Node\n"
         "node = Node()\n"
-        "print('serving', flush=True)\n"
+        "gevent.spawn(print, 'serving', flush=True)  # runs once serve_forever waits\n"
         "print(node.serve_forever(), flush=True)\n"
     )
     proc = subprocess.Popen(

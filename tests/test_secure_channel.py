@@ -16,6 +16,7 @@ import re
 import socket
 import stat
 import sys
+from typing import List
 
 import gevent
 import gevent.event
@@ -261,6 +262,7 @@ def test_a_channel_through_a_hub_forwarder_shows_the_hub_only_ciphertext(tcp_pai
             SecureChannelListener(c)
             forwarder = RemoteForwarder.create(c, relays[0].address, "secure_channel_listener",
                                                timeout=WAIT, reconnect=False)
+            assert forwarder.info is not None
             route = [f"1#{relays[1].address}", forwarder.info.remote_address]
             channel = open_secure_channel(a, route, timeout=WAIT)
             for _ in range(3):
@@ -295,9 +297,9 @@ def test_a_malformed_trust_set_is_refused_before_anything_starts(local):
     endpoints = node.statistics()["endpoints"]
     for bad in [key, [key.hex()], [key[:31]]]:
         with pytest.raises(LocalProtocolError):
-            SecureChannelListener(node, "never", trust=bad)
+            SecureChannelListener(node, "never", trust=bad)  # type: ignore[arg-type]  # wrong on purpose
         with pytest.raises(LocalProtocolError):
-            open_secure_channel(node, ["secure_channel_listener"], trust=bad)
+            open_secure_channel(node, ["secure_channel_listener"], trust=bad)  # type: ignore[arg-type]  # wrong on purpose
     assert node.statistics()["endpoints"] == endpoints
 
 
@@ -563,7 +565,7 @@ def test_an_identity_is_created_once_readable_by_its_owner_only(tmp_path):
 
 def test_no_payload_or_plaintext_reaches_the_logs(local):
     node, _, echoer = local
-    lines = []
+    lines: List[str] = []
     sink = logger.add(lines.append, level="TRACE", format="{message}")
     logger.enable("greenockam")
     try:
@@ -656,7 +658,8 @@ def test_a_channel_through_middle_nodes_in_other_processes(tcp_pair, middles):
         channel = open_secure_channel(a, route, timeout=WAIT)
         assert a.request([channel.address, "echoer"], SECRET, timeout=WAIT).body == SECRET
         assert channel.remote_route[:-1] == Route(route[:-1])
-        assert channel_of(c, echoer.seen.get(timeout=WAIT)[2]).peer_key == channel.local_key
+        through = channel_of(c, echoer.seen.get(timeout=WAIT)[2])
+        assert through is not None and through.peer_key == channel.local_key
 
 
 def rust_binary(name):
