@@ -293,6 +293,7 @@ class Process:
             env=subprocess_env() if env is None else env,
         )
         self.argv = list(argv)
+        self.address = None  # for a server: the address it printed it listens on (start_server)
         self.text = {"out": [], "err": []}  # what each pipe brought so far, line by line
         self.changed = Event()
         pipes = {"out": self.proc.stdout}
@@ -400,6 +401,21 @@ class Process:
 def start_script(name, *args, **options):
     """``scripts/NAME ARGS...`` in a :class:`Process` (``options`` as for it)."""
     return Process([sys.executable, os.path.join(SCRIPTS, name), *args], **options)
+
+
+def start_server(name, *args, **options):
+    """``scripts/NAME ARGS...`` (a server: echo_server.py, hub.py) in a :class:`Process`, once
+    its first line said ``... listening on HOST:PORT``; that address is its :attr:`address`."""
+    process = start_script(name, *args, **options)
+    try:
+        line = process.first_line()
+        match = re.search(r"listening on (\S+)$", line)
+        assert match, f"{name} did not start: {line!r} {process.stderr}"
+    except BaseException:
+        process.stop()
+        raise
+    process.address = match.group(1)
+    return process
 
 
 def run_script(name, *args, timeout=SCRIPT_WAIT, **options):
