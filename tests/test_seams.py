@@ -5,7 +5,6 @@ both routes, and the connect policy for forwarded messages (docs/protocol.md, se
 Real nodes, real sockets on 127.0.0.1 port 0, real greenlets; nothing is mocked.
 """
 
-import time
 
 import gevent
 import pytest
@@ -218,20 +217,18 @@ def test_a_request_fails_at_once_with_connection_lost_when_its_connection_closes
     outcome = Queue()
 
     def request():
-        started = time.monotonic()
         try:
             node.request(["1#" + address, "echo_service"], "never answered", timeout=timeout)
-        except ConnectionLost as exc:
-            outcome.put((exc, time.monotonic() - started))
+        except ConnectionLost as exc:  # not ReceiveTimeout: ended by the close
+            outcome.put(exc)
 
     g = gevent.spawn(request)
     server_side = net.accept(listener)
     recv_frame(server_side)  # the request arrived; now the peer dies without answering
     server_side.close()
-    error, elapsed = outcome.get(timeout=WAIT)
+    error = outcome.get(timeout=WAIT)  # long before the request's own timeout
     g.join(WAIT)
     assert address in str(error)
-    assert elapsed < timeout / 2  # ended by the close, not by the timeout
 
 
 # --- connection marks ----------------------------------------------------------------------------

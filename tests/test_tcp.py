@@ -17,6 +17,7 @@ from typing import List
 import gevent
 import gevent.socket
 import pytest
+from gevent.event import Event
 from gevent.queue import Queue
 
 from greenockam import (
@@ -517,14 +518,17 @@ def test_stop_closes_the_listener_every_connection_and_ends_every_greenlet_it_st
     clients[0].sendall(ref_frame(["1#" + stuck, "0#echo_service"], ["0#app"], bare_str("fwd")))
     poll_until(lambda: stuck in tcp.connections, "the forward starts connecting")
 
+    about_to_send = Event()
+
     def send_waiting_for_the_connect():
+        about_to_send.set()  # no switch between this and the send below, which blocks
         try:
             node.send(["1#" + stuck, "sink"], "waits for the connect")
         except GreenockamError as exc:
             return exc
 
     waiting = gevent.spawn(send_waiting_for_the_connect)
-    gevent.sleep(0)  # let it start: it blocks on the pending connect
+    assert about_to_send.wait(T)  # runs again only once the sender is blocked in its send
     assert not waiting.dead
     assert len(tcp.connections) == 5
 
