@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+from typing import Dict, List
 
 import gevent
 import gevent.socket
@@ -246,7 +247,7 @@ class LogCapture:
 
     def wait_for(self, *needles, level="TRACE", timeout=WAIT):
         """Wait for a line at ``level`` or above containing every needle; the matching lines."""
-        found = []
+        found: List[str] = []
 
         def seen():
             found[:] = self.matching(*needles, level=level)
@@ -294,11 +295,13 @@ class Process:
         )
         self.argv = list(argv)
         self.address = None  # for a server: the address it printed it listens on (start_server)
-        self.text = {"out": [], "err": []}  # what each pipe brought so far, line by line
+        self.text: Dict[str, List[str]] = {"out": [], "err": []}  # each pipe's lines so far
         self.changed = Event()
-        pipes = {"out": self.proc.stdout}
-        if not merge_stderr:
-            pipes["err"] = self.proc.stderr
+        stdout, stderr = self.proc.stdout, self.proc.stderr
+        assert stdout is not None  # a PIPE
+        pipes = {"out": stdout}
+        if stderr is not None:  # None when merged into stdout
+            pipes["err"] = stderr
         self.files = {k: FileObjectPosix(p.fileno(), "rb", close=False) for k, p in pipes.items()}
         self.readers = [gevent.spawn(self.read, k, f) for k, f in self.files.items()]
 
@@ -360,7 +363,7 @@ class Process:
     def wait_for_line(self, *needles, timeout=SCRIPT_WAIT):
         """Wait for a line of its stderr (its log) containing every needle (see
         :func:`contains`); the matching lines."""
-        found = []
+        found: List[str] = []
 
         def seen():
             found[:] = [t for t in self.err if all(contains(t, n) for n in needles)]
