@@ -152,14 +152,16 @@ def contains(text, needle):
 class Echo(Worker):
     """Sends the payload it got, unchanged, back along the return route, once its body decoded as
     ``message_type`` (``str`` by default: a payload that is not one is dropped as bad_payload;
-    ``RAW`` echoes anything); puts every message in ``seen`` (a Queue) if given."""
+    ``RAW`` echoes anything); keeps the bodies in :attr:`bodies`, and puts every message in
+    ``seen`` (a Queue, to wait on) if given."""
 
     def __init__(self, seen=None, message_type=str):
         self.seen = seen
         self.message_type = message_type
+        self.bodies = []
 
     def handle_message(self, ctx, msg):
-        msg.body  # noqa: B018 (decodes the body: a payload that is not message_type raises here)
+        self.bodies.append(msg.body)  # a payload that is not message_type raises here
         if self.seen is not None:
             self.seen.put(msg)
         ctx.send_payload(msg.reply(), msg.payload)
@@ -421,8 +423,14 @@ def start_server(name, *args, **options):
     return process
 
 
-def run_script(name, *args, timeout=SCRIPT_WAIT, **options):
-    """Run ``scripts/NAME ARGS...`` to its end: a CompletedProcess with text stdout and stderr."""
-    with start_script(name, *args, **options) as process:
+def run_process(argv, timeout=SCRIPT_WAIT, **options):
+    """Run ``argv`` in a :class:`Process` to its end (killed, and AssertionError, if it runs
+    past ``timeout``): a CompletedProcess with text stdout and stderr."""
+    with Process(argv, **options) as process:
         code = process.wait(timeout)
     return subprocess.CompletedProcess(process.argv, code, process.stdout, process.stderr)
+
+
+def run_script(name, *args, timeout=SCRIPT_WAIT, **options):
+    """Run ``scripts/NAME ARGS...`` to its end (see :func:`run_process`)."""
+    return run_process([sys.executable, os.path.join(SCRIPTS, name), *args], timeout, **options)
