@@ -219,32 +219,33 @@ class Net:
 
 
 class LogCapture:
-    """greenockam's log lines at ``level`` and above while it is open: each the message as loguru
-    formats it, with the traceback it appends when there is one."""
+    """greenockam's logging at ``level`` and above while it is open: :attr:`records` (loguru's
+    record of each call) and :attr:`lines` (each the message as loguru formats it, with the
+    traceback it appends when there is one)."""
 
     def __init__(self, level="DEBUG"):
-        self.records = []  # (level number, text)
+        self.records = []
+        self.lines = []
         self.changed = Event()
         logger.enable("greenockam")
         self.handler = logger.add(self.sink, level=level, format="{message}")
 
     def sink(self, message):
-        self.records.append((message.record["level"].no, str(message).rstrip("\n")))
+        self.records.append(message.record)
+        self.lines.append(str(message).rstrip("\n"))
         self.changed.set()
 
     def close(self):
         logger.remove(self.handler)
         logger.disable("greenockam")
 
-    @property
-    def lines(self):
-        return [text for _, text in self.records]
-
     def matching(self, *needles, level="TRACE"):
         """The lines at ``level`` or above that contain every needle (see :func:`contains`)."""
         floor = logger.level(level).no
         return [
-            t for no, t in self.records if no >= floor and all(contains(t, n) for n in needles)
+            text
+            for record, text in zip(self.records, self.lines)
+            if record["level"].no >= floor and all(contains(text, n) for n in needles)
         ]
 
     def wait_for(self, *needles, level="TRACE", timeout=WAIT):

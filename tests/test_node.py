@@ -37,7 +37,7 @@ from greenockam import (
     WorkerInitError,
 )
 from greenockam.address import Route
-from helpers import Echo, live_greenlets
+from helpers import Echo, LogCapture, live_greenlets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,15 +192,12 @@ def depth(node, address):
 
 @pytest.fixture
 def log_records():
-    """Enable greenockam's logging into a list of loguru records for one test."""
-    records = []
-    sink_id = logger.add(lambda message: records.append(message.record), level="DEBUG")
-    logger.enable("greenockam")
+    """greenockam's logging during one test, as a list of loguru records."""
+    capture = LogCapture("DEBUG")
     try:
-        yield records
+        yield capture.records
     finally:
-        logger.disable("greenockam")
-        logger.remove(sink_id)
+        capture.close()
 
 
 def kill_warnings(records):
