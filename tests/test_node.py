@@ -37,7 +37,7 @@ from greenockam import (
     WorkerInitError,
 )
 from greenockam.address import Route
-from helpers import Echo, LogCapture, live_greenlets
+from helpers import Echo, LogCapture, live_greenlets, poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1083,12 +1083,13 @@ def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_re
     class Slow(Worker):
         def __init__(self):
             self.in_hand = Event()
+            self.release = Event()
             self.handled = 0
             self.shutdowns = 0
 
         def handle_message(self, ctx, msg):
             self.in_hand.set()
-            gevent.sleep(0.05)  # simulated work: 100 messages would take 5 s
+            self.release.wait()  # the work in hand goes on until the node is stopping
             self.handled += 1
 
         def shutdown(self, ctx):
@@ -1101,7 +1102,10 @@ def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_re
         node.send(["slow"], str(i))
     wait(slow.in_hand, "the first message to be in hand")
 
-    node.stop(timeout=WAIT)
+    stopping = gevent.spawn(node.stop, timeout=WAIT)
+    poll_until(lambda: not node.running, "the stop to begin")
+    slow.release.set()
+    stopping.get(timeout=2 * WAIT)
 
     assert kill_warnings(log_records) == []  # the one in hand was finished, not killed
     assert slow.handled == 1
