@@ -72,6 +72,12 @@ def bare_str(text):
 # --- raw peers ----------------------------------------------------------------------------------
 
 
+def peer_name(sockaddr):
+    """A socket address as Rust prints it, computed here independently of greenockam."""
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def split_host_port(address):
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -114,13 +120,7 @@ def live_greenlets():
     return {o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead}
 
 
-# --- nodes and raw peers of one test -------------------------------------------------------------
-
-
-def peer_name(sockaddr):
-    """A socket address as Rust prints it, computed here independently of greenockam."""
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# --- waiting ------------------------------------------------------------------------------------
 
 
 def wait_until(predicate, wake, what, timeout=WAIT):
@@ -147,6 +147,9 @@ def poll_until(predicate, what, timeout=WAIT):
 def contains(text, needle):
     """``needle`` in ``text``, where ``127.0.0.1:5000`` does not match ``127.0.0.1:50001``."""
     return re.search(re.escape(needle) + "(?![0-9])", text) is not None
+
+
+# --- workers, nodes and logs of one test ---------------------------------------------------------
 
 
 class Echo(Worker):
