@@ -10,11 +10,10 @@ from typing import List
 
 import pytest
 from gevent.queue import Queue
-from loguru import logger
 
 from greenockam import ConnectionLost, Worker
 from greenockam.faults import FaultLog, printable
-from helpers import WAIT, Echo, LogLines, bare_str, recv_frame, ref_frame, wait_until
+from helpers import WAIT, Echo, LogCapture, bare_str, poll_until, recv_frame, ref_frame
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,15 +23,12 @@ NASTY = "evil\nFORGED | CRITICAL | fake line\x1b[31m\u2028"
 
 @pytest.fixture
 def logs():
-    """Every greenockam log line of the test, as loguru formats the message."""
-    lines = LogLines()
-    logger.enable("greenockam")
-    handler = logger.add(lines.sink, level="DEBUG", format="{message}")
+    """Every greenockam log line of the test, as loguru formats it (a traceback included)."""
+    capture = LogCapture()
     try:
-        yield lines
+        yield capture
     finally:
-        logger.remove(handler)
-        logger.disable("greenockam")
+        capture.close()
 
 
 def assert_no_raw_control_characters(lines):
@@ -102,7 +98,7 @@ def test_a_dropped_message_line_escapes_the_routes(net, logs):
     node, _, address = net.node(listen=True)
     peer = net.connect(address)
     peer.sendall(ref_frame(["0#" + NASTY], ["0#" + NASTY], bare_str("x")))
-    wait_until(lambda: node.statistics()["dropped"].get("unknown_address") == 1, "the drop")
+    poll_until(lambda: node.statistics()["dropped"].get("unknown_address") == 1, "the drop")
     logs.wait_for("dropped a message (unknown_address)")
     assert_no_raw_control_characters(logs.lines)
     assert any("evil\\nFORGED" in line for line in logs.lines)
@@ -159,7 +155,7 @@ def test_a_flood_of_bad_frames_from_one_host_logs_a_bounded_number_of_lines(net,
     for _ in range(50):  # a new connection (a new port) for every bad frame
         peer = net.connect(address)
         peer.sendall(b"\x00\x00")  # an empty body: malformed
-    wait_until(lambda: tcp.statistics().get("malformed_frames") == 50, "every frame is seen")
+    poll_until(lambda: tcp.statistics().get("malformed_frames") == 50, "every frame is seen")
     malformed = [line for line in logs.lines if line.startswith("malformed frame")]
     assert len(malformed) == FaultLog.burst
     assert node.faults.counts["malformed_frame"] == 50
@@ -195,7 +191,7 @@ def test_a_reply_to_a_client_that_left_fails_at_once_without_dialing_it(net, log
     client.sendall(ref_frame(["0#slow"], ["0#client"], bare_str("answer me later")))
     slow.entered.get(timeout=WAIT)
     client.close()
-    wait_until(lambda: tcp.connections == {}, "the server sees the client leave")
+    poll_until(lambda: tcp.connections == {}, "the server sees the client leave")
     slow.go.put(True)
     outcome = slow.outcome.get(timeout=WAIT)
     assert isinstance(outcome, ConnectionLost)
@@ -229,7 +225,7 @@ def test_a_middleware_forward_to_an_unreachable_hop_never_blocks_and_logs_a_boun
         node.send(["middle", "1#" + unreachable, "x"], str(i))
     # Handled behind those 20 without waiting for any connect: the forwarder keeps serving.
     assert node.request(["middle", "echo_service"], "through", timeout=WAIT).body == "through"
-    wait_until(
+    poll_until(
         lambda: sum(node.statistics()["dropped"].values()) == 20, "every forward is accounted for"
     )
     assert set(node.statistics()["dropped"]) == {"connect_failed"}
@@ -243,7 +239,7 @@ def test_a_middleware_forward_follows_the_connect_policy(net, logs):
     node.start_worker("middle", Forwarder())
     _, target = net.listener()
     node.send(["middle", "1#" + target, "x"], "relay me")
-    wait_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
+    poll_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
     assert tcp.connections == {}
     assert node.statistics()["handler_errors"] == 0
 

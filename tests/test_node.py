@@ -37,7 +37,7 @@ from greenockam import (
     WorkerInitError,
 )
 from greenockam.address import Route
-from helpers import live_greenlets
+from helpers import Echo, LogCapture, live_greenlets, poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,15 +53,6 @@ def route(*addresses):
 
 def wait(event, what, timeout=WAIT):
     assert event.wait(timeout), f"timed out waiting for {what}"
-
-
-class Echo(Worker):
-    """Sends the payload it received, unchanged, back along the return route."""
-
-    message_type = RAW
-
-    def handle_message(self, ctx, msg):
-        ctx.send_payload(msg.reply(), msg.payload)
 
 
 class Recorder(Worker):
@@ -201,15 +192,18 @@ def depth(node, address):
 
 @pytest.fixture
 def log_records():
-    """Enable greenockam's logging into a list of loguru records for one test."""
-    records = []
-    sink_id = logger.add(lambda message: records.append(message.record), level="DEBUG")
-    logger.enable("greenockam")
+    """greenockam's logging during one test, as a list of loguru records."""
+    capture = LogCapture("DEBUG")
     try:
-        yield records
+        yield capture.records
     finally:
-        logger.disable("greenockam")
-        logger.remove(sink_id)
+        capture.close()
+
+
+def kill_warnings(records):
+    """The warnings of workers that did not stop in time and were killed (Node.stop and
+    Node.stop_worker log one when they kill)."""
+    return [r["message"] for r in records if "did not stop within" in r["message"]]
 
 
 # --- the node owns workers, mailboxes and a router greenlet ---------------------------------------
@@ -283,7 +277,7 @@ def test_a_registered_transport_gets_messages_of_its_type_from_local_and_network
 def test_network_messages_with_nowhere_to_go_are_dropped_and_counted_and_the_node_keeps_working(
     node,
 ):
-    node.start_worker("echoer", Echo())
+    node.start_worker("echoer", Echo(message_type=RAW))
     src = RecordingSource()
 
     node.deliver(
@@ -407,8 +401,8 @@ def test_a_worker_address_must_be_local(node):
 
 
 def test_start_worker_with_no_address_gives_a_random_32_hex_address(node):
-    first = node.start_worker(None, Echo())
-    second = node.start_worker(None, Echo())
+    first = node.start_worker(None, Echo(message_type=RAW))
+    second = node.start_worker(None, Echo(message_type=RAW))
     for address in (first, second):
         assert address.type == 0
         assert re.fullmatch(r"[0-9a-f]{32}", address.value)
@@ -431,7 +425,7 @@ def test_stop_worker_runs_shutdown_and_every_address_of_it_becomes_unknown(node)
     node.start_worker("gone", Silent())  # the address can be used again
 
 
-def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(node):
+def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(node, log_records):
     blocker = Blocker(gate_timeout=None)
     node.start_worker("stuck", blocker)
     node.send(["stuck"], "x")
@@ -441,7 +435,8 @@ def test_stop_worker_kills_a_handler_that_never_returns_and_still_runs_shutdown(
     node.stop_worker("stuck", timeout=0.2)
     elapsed = time.monotonic() - started
 
-    assert 0.15 <= elapsed < 2.0
+    assert elapsed >= 0.15  # it waited for the timeout first
+    assert len(kill_warnings(log_records)) == 1
     assert blocker.greenlet is not None and blocker.greenlet.dead
     assert blocker.shutdowns == 1
     assert node.statistics()["workers"] == 0
@@ -514,7 +509,7 @@ def test_routed_shows_the_worker_at_the_front_of_the_onward_route_and_reply_is_t
 )
 def test_any_supported_body_round_trips_through_an_echo_worker(body):
     with Node() as node:
-        node.start_worker("echoer", Echo())
+        node.start_worker("echoer", Echo(message_type=RAW))
         reply = node.request(["echoer"], body, timeout=WAIT, message_type=type(body))
         assert reply.body == body and type(reply.body) is type(body)
 
@@ -581,7 +576,7 @@ def test_receive_times_out_with_receive_timeout(node):
     started = time.monotonic()
     with pytest.raises(ReceiveTimeout):
         node.receive(timeout=0.1)
-    assert 0.09 <= time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.09  # not before its timeout
     assert issubclass(ReceiveTimeout, TimeoutError)
 
 
@@ -602,7 +597,7 @@ def test_receive_can_decode_with_another_message_type(node):
 
 
 def test_request_returns_the_reply_and_removes_its_temporary_address(node):
-    node.start_worker("echoer", Echo())
+    node.start_worker("echoer", Echo(message_type=RAW))
     contexts_before = node.statistics()["contexts"]
     routed_before = node.statistics()["messages_routed"]
 
@@ -627,7 +622,7 @@ def test_request_to_a_worker_that_never_answers_times_out_and_removes_its_tempor
         node.request(["silent"], "anyone?", timeout=0.2)
     elapsed = time.monotonic() - started
 
-    assert 0.19 <= elapsed < 1.0
+    assert elapsed >= 0.19  # not before its timeout
     assert node.statistics()["contexts"] == contexts_before
     assert node.statistics()["mailbox_depths"] == {}
 
@@ -638,7 +633,7 @@ def test_a_handler_can_request_from_another_worker(node):
             answer = ctx.request(["echoer"], msg.body.upper(), timeout=WAIT)
             ctx.reply(msg, "asked: " + answer.body)
 
-    node.start_worker("echoer", Echo())
+    node.start_worker("echoer", Echo(message_type=RAW))
     node.start_worker("asker", Asker())
     assert node.request(["asker"], "hi", timeout=WAIT).body == "asked: HI"
 
@@ -714,7 +709,7 @@ def test_a_failing_initialize_raises_worker_init_error_and_only_that_worker_is_g
         def handle_message(self, ctx, msg):  # pragma: no cover - never reached
             pass
 
-    node.start_worker("echoer", Echo())
+    node.start_worker("echoer", Echo(message_type=RAW))
     with pytest.raises(WorkerInitError, match="cannot start"):
         node.start_worker("bad", BadInit())
 
@@ -722,7 +717,7 @@ def test_a_failing_initialize_raises_worker_init_error_and_only_that_worker_is_g
     with pytest.raises(UnknownAddress):
         node.send(["bad"], "x")
     assert node.request(["echoer"], "unaffected", timeout=WAIT).body == "unaffected"
-    node.start_worker("bad", Echo())  # the address is free again
+    node.start_worker("bad", Echo(message_type=RAW))  # the address is free again
     assert node.request(["bad"], "reused", timeout=WAIT).body == "reused"
 
 
@@ -898,7 +893,7 @@ def test_stopping_a_worker_resumes_the_sources_paused_on_its_mailbox():
         assert "resume" in src.calls
 
 
-def test_two_workers_flooding_each_other_do_not_deadlock_the_node():
+def test_two_workers_flooding_each_other_do_not_deadlock_the_node(log_records):
     class Flooder(Worker):
         def __init__(self, peer):
             self.peer = peer
@@ -919,7 +914,7 @@ def test_two_workers_flooding_each_other_do_not_deadlock_the_node():
     node = Node(mailbox_size=10)
     try:
         ping, pong = Flooder("pong"), Flooder("ping")
-        node.start_worker("echoer", Echo())
+        node.start_worker("echoer", Echo(message_type=RAW))
         node.start_worker("ping", ping)
         node.start_worker("pong", pong)
 
@@ -933,10 +928,8 @@ def test_two_workers_flooding_each_other_do_not_deadlock_the_node():
         assert all(n <= 10 for n in depths.values())
         assert node.statistics()["dropped"]["mailbox_full"] == ping.refused + pong.refused
     finally:
-        started = time.monotonic()
         node.stop(timeout=WAIT)
-        elapsed = time.monotonic() - started
-    assert elapsed < WAIT
+    assert kill_warnings(log_records) == []  # both workers ended when asked, none was killed
     assert not live_greenlets() - before  # the router and both workers ended
 
 
@@ -959,7 +952,6 @@ def test_ten_thousand_workers_start_and_stop_cleanly():
         def shutdown(self, ctx):
             Counted.shutdowns += 1
 
-    started = time.monotonic()
     before = live_greenlets()
     node = Node()
     try:
@@ -972,15 +964,13 @@ def test_ten_thousand_workers_start_and_stop_cleanly():
         wait(Counted.all_handled, "every worker to handle its message", timeout=30)
     finally:
         node.stop(timeout=20)
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 60
     assert Counted.inits == Counted.handled == Counted.shutdowns == 10_000
     assert not live_greenlets() - before
     assert node.statistics()["workers"] == 0
 
 
-def test_stop_runs_every_shutdown_and_ends_the_router_and_every_worker_greenlet():
+def test_stop_runs_every_shutdown_and_ends_the_router_and_every_worker_greenlet(log_records):
     class Waiting(Worker):
         """Its handler waits in ctx.receive for a second message that never comes."""
 
@@ -1006,11 +996,9 @@ def test_stop_runs_every_shutdown_and_ends_the_router_and_every_worker_greenlet(
     wait(waiting.waiting, "the handler to wait in receive")
     assert len(live_greenlets() - before) == 7  # six workers and the router
 
-    started = time.monotonic()
     node.stop(timeout=WAIT)
-    elapsed = time.monotonic() - started
 
-    assert elapsed < 1.0  # nobody had to be killed: a handler in receive() is woken by stop
+    assert kill_warnings(log_records) == []  # a handler in receive() is woken by stop, not killed
     assert not live_greenlets() - before
     assert all(hooks.shut_down.is_set() for hooks in idle)
     assert waiting.shutdowns == 1
@@ -1041,14 +1029,14 @@ def test_the_context_manager_stops_the_node_also_on_error():
 
 
 def test_after_stop_send_request_start_worker_and_receive_raise_node_stopped(node):
-    node.start_worker("echoer", Echo())
+    node.start_worker("echoer", Echo(message_type=RAW))
     node.stop()
     with pytest.raises(NodeStopped):
         node.send(["echoer"], "x")
     with pytest.raises(NodeStopped):
         node.request(["echoer"], "x", timeout=WAIT)
     with pytest.raises(NodeStopped):
-        node.start_worker("new", Echo())
+        node.start_worker("new", Echo(message_type=RAW))
     with pytest.raises(NodeStopped):
         node.receive(timeout=WAIT)
     with pytest.raises(NodeStopped):
@@ -1085,14 +1073,12 @@ def test_a_request_blocked_when_the_node_stops_gets_node_stopped(node):
 
     greenlet = gevent.spawn(requester)
     wait(about_to_request, "the requester to start")
-    started = time.monotonic()
     node.stop(timeout=WAIT)
     outcome = greenlet.get(timeout=WAIT)
-    assert isinstance(outcome, NodeStopped)
-    assert time.monotonic() - started < 1.0
+    assert isinstance(outcome, NodeStopped)  # not ReceiveTimeout: ended by the stop
 
 
-def test_a_handler_blocked_in_a_request_without_timeout_ends_when_the_node_stops():
+def test_a_handler_blocked_in_a_request_without_timeout_ends_when_the_node_stops(log_records):
     class Asker(Worker):
         def __init__(self):
             self.asking = Event()
@@ -1116,24 +1102,26 @@ def test_a_handler_blocked_in_a_request_without_timeout_ends_when_the_node_stops
     node.start_worker("asker", asker)
     node.send(["asker"], "go")
     wait(asker.asking, "the handler to be in its request")
-    started = time.monotonic()
     node.stop(timeout=WAIT)
-    assert time.monotonic() - started < 1.0, "stop() waited for its timeout"
+    assert kill_warnings(log_records) == [], "stop() waited for its timeout and killed it"
     assert isinstance(asker.outcome, NodeStopped)
     assert asker.shut_down.is_set()
     assert node.statistics()["handler_errors"] == 0  # ended by its own node's stop
 
 
-def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_rest_as_stopped():
+def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_rest_as_stopped(
+    log_records,
+):
     class Slow(Worker):
         def __init__(self):
             self.in_hand = Event()
+            self.release = Event()
             self.handled = 0
             self.shutdowns = 0
 
         def handle_message(self, ctx, msg):
             self.in_hand.set()
-            gevent.sleep(0.05)  # simulated work: 100 messages would take 5 s
+            self.release.wait()  # the work in hand goes on until the node is stopping
             self.handled += 1
 
         def shutdown(self, ctx):
@@ -1146,11 +1134,12 @@ def test_stop_with_messages_in_flight_finishes_the_one_in_hand_and_counts_the_re
         node.send(["slow"], str(i))
     wait(slow.in_hand, "the first message to be in hand")
 
-    started = time.monotonic()
-    node.stop(timeout=2.0)
-    elapsed = time.monotonic() - started
+    stopping = gevent.spawn(node.stop, timeout=WAIT)
+    poll_until(lambda: not node.running, "the stop to begin")
+    slow.release.set()
+    stopping.get(timeout=2 * WAIT)
 
-    assert elapsed < 2.0
+    assert kill_warnings(log_records) == []  # the one in hand was finished, not killed
     assert slow.handled == 1
     assert slow.shutdowns == 1
     assert node.statistics()["dropped"] == {"stopped": 99}
@@ -1218,7 +1207,9 @@ def test_deliver_after_stop_drops_and_counts_without_ever_blocking_the_transport
     assert stats["router_queue"] == 0
 
 
-def test_stop_kills_a_handler_that_never_returns_after_the_timeout_and_still_runs_shutdown():
+def test_stop_kills_a_handler_that_never_returns_after_the_timeout_and_still_runs_shutdown(
+    log_records,
+):
     before = live_greenlets()
     node = Node()
     stuck = Blocker(gate_timeout=None)
@@ -1232,7 +1223,8 @@ def test_stop_kills_a_handler_that_never_returns_after_the_timeout_and_still_run
     node.stop(timeout=0.3)
     elapsed = time.monotonic() - started
 
-    assert 0.25 <= elapsed < 2.0
+    assert elapsed >= 0.25  # it waited for the timeout first
+    assert len(kill_warnings(log_records)) == 1
     assert not live_greenlets() - before
     assert stuck.shutdowns == 1
     assert hooks.shut_down.is_set()
@@ -1242,7 +1234,7 @@ def test_stop_kills_a_handler_that_never_returns_after_the_timeout_and_still_run
 
 
 def test_statistics_are_plain_numbers(node):
-    node.start_worker("echoer", Echo())
+    node.start_worker("echoer", Echo(message_type=RAW))
     blocker = Blocker()
     node.start_worker("slow", blocker)
     node.send(["slow"], "first")

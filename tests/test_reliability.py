@@ -11,24 +11,18 @@ import collections
 import os
 import pickle  # noqa: TID251 (builds a pickle exploit to prove payloads are never unpickled)
 import random
-import re
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 import tracemalloc
-from typing import Deque, List
+from typing import Deque
 
 import gevent
 import gevent.socket
 import pytest
 from gevent.event import Event
-from gevent.fileobject import FileObjectPosix
-from loguru import logger
 
-import greenockam
 from greenockam import (
     RAW,
     ConnectFailed,
@@ -41,20 +35,11 @@ from greenockam import (
 from greenockam.codecs import BARE
 from greenockam.transport.tcp import TcpTransport, format_peer, parse_host_port
 from greenockam.wire import FrameDecoder, TransportMessage, decode_body, encode_frame, encode_uint
+from helpers import Echo, LogCapture, start_server, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ECHO_SERVER = os.path.join(os.path.dirname(HERE), "scripts", "echo_server.py")
 WAIT = 5.0  # seconds: the bound on any single wait that should succeed at once
-
-
-def _subprocess_env():
-    """The environment for echo_server.py: it must import the greenockam under test."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -74,59 +59,10 @@ def address_bytes(kind, value):
     return bytes([kind]) + encode_uint(len(value)) + value
 
 
-def contains(text, needle):
-    """``needle`` in ``text``, where ``127.0.0.1:5000`` does not match ``127.0.0.1:50001``."""
-    return re.search(re.escape(needle) + "(?![0-9])", text) is not None
-
-
-def wait_until(predicate, wake, timeout=WAIT, what="the condition"):
-    """Wait until ``predicate()`` holds, re-checking each time the Event ``wake`` is set."""
-    with gevent.Timeout(timeout, AssertionError(f"timed out after {timeout} s waiting for {what}")):
-        while not predicate():
-            wake.clear()
-            if not predicate():
-                wake.wait()
-
-
-class LogCapture:
-    """Records greenockam's log lines (level number, text) and lets a test wait for one."""
-
-    def __init__(self, level="INFO"):
-        self.records = []
-        self._changed = Event()
-        logger.enable("greenockam")
-        self._sink_id = logger.add(self._sink, level=level, format="{message}")
-
-    def _sink(self, message):
-        self.records.append((message.record["level"].no, str(message).rstrip("\n")))
-        self._changed.set()
-
-    def close(self):
-        logger.remove(self._sink_id)
-        logger.disable("greenockam")
-
-    def lines(self, *needles, level="WARNING"):
-        """The lines at ``level`` or above that contain every needle."""
-        floor = logger.level(level).no
-        return [
-            t for no, t in self.records if no >= floor and all(contains(t, n) for n in needles)
-        ]
-
-    def wait_for(self, *needles, level="WARNING", timeout=WAIT):
-        """Wait for a line containing every needle; return the matching lines."""
-        found: List[str] = []
-
-        def seen():
-            found[:] = self.lines(*needles, level=level)
-            return bool(found)
-
-        wait_until(seen, self._changed, timeout, f"a {level} log line with {needles!r}")
-        return found
-
-
 @pytest.fixture
 def logs():
-    capture = LogCapture()
+    """greenockam's INFO-and-above log lines during the test."""
+    capture = LogCapture("INFO")
     yield capture
     capture.close()
 
@@ -212,13 +148,6 @@ def peers():
         peer.close()
 
 
-class Echo(Worker):
-    """Replies with the body it got."""
-
-    def handle_message(self, ctx, msg):
-        ctx.reply(msg, msg.body)
-
-
 class Recorder(Worker):
     """Keeps every body it gets; ``arrived`` is set on each."""
 
@@ -256,83 +185,18 @@ def make_server():
         node.stop(timeout=2.0)
 
 
-class EchoServerProcess:
-    """``scripts/echo_server.py`` in a subprocess; a greenlet reads its stderr (the log).
-
-    Started with the standard ``subprocess`` (fork and exec in C: safe in a process that has
-    threads, and no gevent SIGCHLD handler that would reap other tests' children); its pipes are
-    read through gevent file objects, so waiting for a line, or for the exit (the end of its
-    stderr), never blocks the hub.
-    """
-
-    def __init__(self, address="127.0.0.1:0", log_level="WARNING"):
-        self.proc = subprocess.Popen(
-            [sys.executable, ECHO_SERVER, address, "--log-level", log_level],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_subprocess_env(),
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None  # both PIPE
-        self._stdout = FileObjectPosix(self.proc.stdout.fileno(), "rb", close=False)
-        self._stderr = FileObjectPosix(self.proc.stderr.fileno(), "rb", close=False)
-        self.lines: List[str] = []
-        self._changed = Event()
-        self._reader = gevent.spawn(self._read_stderr)
-        line = b""
-        try:
-            with gevent.Timeout(20, False):
-                line = self._stdout.readline()
-            if b"listening on" not in line:
-                raise AssertionError(f"echo_server.py did not start: {line!r} {self.lines}")
-        except BaseException:
-            self.stop()
-            raise
-        self.address = line.decode().split()[-1]
-
-    def _read_stderr(self):
-        for line in self._stderr:
-            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
-            self._changed.set()
-        self._changed.set()
-
-    def wait_for_line(self, *needles, timeout=WAIT):
-        found: List[str] = []
-
-        def seen():
-            found[:] = [t for t in self.lines if all(contains(t, n) for n in needles)]
-            return bool(found)
-
-        wait_until(seen, self._changed, timeout, f"a line of echo_server.py with {needles!r}")
-        return found
-
-    def wait(self, timeout=10.0):
-        """The exit code, once the process has ended (its stderr has reached EOF)."""
-        self._reader.join(timeout)
-        if not self._reader.dead:
-            raise AssertionError(f"echo_server.py still running after {timeout} s")
-        return self.proc.wait(timeout=WAIT)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self._reader.join(timeout=10)
-        if not self._reader.dead:
-            self.proc.kill()
-            self._reader.join(timeout=WAIT)
-            self._reader.kill()
-        self.proc.wait(timeout=WAIT)
-        assert self.proc.stdout is not None and self.proc.stderr is not None  # both PIPE
-        for pipe in (self._stdout, self._stderr, self.proc.stdout, self.proc.stderr):
-            pipe.close()
+def start_echo_server(address="127.0.0.1:0"):
+    """``scripts/echo_server.py`` on ``address`` in a subprocess, once it listens (a Process of
+    helpers, with the ``address`` it bound); its stderr is its log."""
+    return start_server("echo_server.py", address, "--log-level", "WARNING")
 
 
 @pytest.fixture
 def echo_process():
     """An echo_server.py of the test's own (a server logs only the first few faults of a kind
     from one host per interval, so tests that count log lines cannot share one)."""
-    server = EchoServerProcess()
-    yield server
-    server.stop()
+    with start_echo_server() as server:
+        yield server
 
 
 # --- bad input on a connection -----------------------------------------------------------------
@@ -429,13 +293,14 @@ def test_bad_input_is_logged_once_and_harms_only_its_own_connection(
 
     _send_bad_input(culprit, data)
     _check_own_connection(culprit, effect)
-    logs.wait_for(culprit.key, _expected_fault(data, fault))
+    logs.wait_for(culprit.key, _expected_fault(data, fault), level="WARNING")
 
     assert bystander.echo("still served") == "still served"
     newcomer = peers(server.address)
     assert newcomer.echo("new connection") == "new connection"
-    assert len(logs.lines(culprit.key)) == 1, logs.lines(culprit.key)
-    assert not logs.lines(bystander.key) and not logs.lines(newcomer.key)
+    assert len(logs.matching(culprit.key, level="WARNING")) == 1, logs.matching(culprit.key)
+    assert not logs.matching(bystander.key, level="WARNING")
+    assert not logs.matching(newcomer.key, level="WARNING")
     if effect != "malformed":
         assert server.node.statistics()["dropped"] == {effect: 1}
     elif data is not _UNFINISHED:
@@ -477,20 +342,19 @@ def test_a_half_sent_frame_does_not_block_other_connections(make_server, peers):
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(make_server, peers, logs):
     server = make_server(idle_timeout=0.3)
+    start = time.monotonic()  # before any connection: each was idle for less than this
     active = peers(server.address)
     idle = peers(server.address)
     stalled = peers(server.address)
     stalled.send(b"\xff\xff" + b"\x01" * 100)  # a 65535-byte frame that never comes
-    start = time.monotonic()
     assert active.echo("busy") == "busy"
 
     assert idle.wait_closed(timeout=WAIT) and stalled.wait_closed(timeout=WAIT)
-    elapsed = time.monotonic() - start
-    assert 0.25 <= elapsed < 3.0, elapsed
+    assert time.monotonic() - start >= 0.25  # not before the idle timeout (0.3 s)
     logs.wait_for(idle.key, "idle", level="INFO")
-    (line,) = logs.wait_for(stalled.key, "frame")  # a warning: it stalled inside a frame
+    (line,) = logs.wait_for(stalled.key, "frame", level="WARNING")  # it stalled inside a frame
     assert "idle" in line
-    assert not logs.lines(idle.key)  # an idle connection is no fault: no warning
+    assert not logs.matching(idle.key, level="WARNING")  # an idle connection is no fault
     assert server.transport.statistics()["connections"] <= 1
 
 
@@ -500,10 +364,8 @@ def test_connections_past_max_connections_are_turned_away(make_server, peers, lo
     assert first.echo("1") == "1" and second.echo("2") == "2"
 
     excess = peers(server.address)
-    start = time.monotonic()
-    assert excess.wait_closed(timeout=WAIT)
-    assert time.monotonic() - start < 2.0
-    logs.wait_for("turned away", excess.key)
+    assert excess.wait_closed(timeout=WAIT)  # there is no idle timeout: the limit closed it
+    logs.wait_for("turned away", excess.key, level="WARNING")
     assert first.echo("still 1") == "still 1" and second.echo("still 2") == "still 2"
     assert server.transport.statistics()["connections_refused"] == 1
 
@@ -518,7 +380,7 @@ def test_connections_past_max_connections_are_turned_away(make_server, peers, lo
 
 
 def test_a_killed_peer_is_detected_fails_loudly_while_down_and_is_reconnected(logs):
-    server = EchoServerProcess()
+    server = start_echo_server()
     node = Node()
     try:
         transport = TcpTransport(node, connect_timeout=1.0)
@@ -527,24 +389,18 @@ def test_a_killed_peer_is_detected_fails_loudly_while_down_and_is_reconnected(lo
         for i in range(200):  # mid-stream: messages in flight when it dies
             node.send(route, f"in flight {i}")
 
-        server.proc.send_signal(signal.SIGKILL)
-        server.wait()
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
         logs.wait_for(f"connection {server.address} closed", level="INFO")
         assert server.address not in transport.connections
 
         for attempt in range(3):
-            start = time.monotonic()
             with pytest.raises(ConnectFailed):
                 node.send(route, f"while down {attempt}")
-            assert time.monotonic() - start < transport.connect_timeout + 1.5
-        start = time.monotonic()
-        with pytest.raises(ConnectFailed):
+        with pytest.raises(ConnectFailed):  # at the connect, not a ReceiveTimeout after 30 s
             node.request(route, "request while down", timeout=30)
-        assert time.monotonic() - start < transport.connect_timeout + 1.5
         assert server.address not in transport.connections
 
-        server.stop()
-        server = EchoServerProcess(server.address)  # back, on the same port
+        server = start_echo_server(server.address)  # back, on the same port
         assert node.request(route, "back again", timeout=WAIT).body == "back again"
     finally:
         node.stop(timeout=2.0)
@@ -686,7 +542,7 @@ def test_two_local_workers_flooding_each_other_do_not_deadlock():
         node.send(["a"], 0)
         node.send(["b"], 0)
 
-        wait_until(lambda: _flood_is_over(a, b), progress, what="the flood to end")
+        wait_until(lambda: _flood_is_over(a, b), progress, "the flood to end")
         assert a.refused and b.refused, "the mailboxes never filled: not a flood"
         assert node.statistics()["handler_errors"] == 0
         assert node.statistics()["dropped"] == {"mailbox_full": a.refused + b.refused}
@@ -710,9 +566,9 @@ def test_two_workers_on_two_nodes_flooding_each_other_over_tcp_do_not_deadlock()
         with gevent.Timeout(60, AssertionError("the flood did not end within 60 s")):
             while not _flood_is_over(a, b):
                 progress.clear()
-                if not _flood_is_over(a, b) and not progress.wait(2.0):
+                if not _flood_is_over(a, b) and not progress.wait(10.0):
                     raise AssertionError(
-                        f"deadlock: nothing moved for 2 s; sent {a.sent}, {b.sent}, "
+                        f"deadlock: nothing moved for 10 s; sent {a.sent}, {b.sent}, "
                         f"received {a.received}, {b.received}"
                     )
     finally:  # a short timeout: deadlocked workers are killed rather than waited for
@@ -724,8 +580,7 @@ def test_two_workers_on_two_nodes_flooding_each_other_over_tcp_do_not_deadlock()
 
 
 def test_sigterm_lets_echo_server_finish_and_exit_cleanly(peers):
-    server = EchoServerProcess()
-    try:
+    with start_echo_server() as server:
         client = peers(server.address)
         count = 5000
         client.send(
@@ -734,7 +589,7 @@ def test_sigterm_lets_echo_server_finish_and_exit_cleanly(peers):
         client.pending.appendleft(client.receive())  # it is busy handling them
         replies = [int(BARE.decode(m.payload, str)) for m in client.pending]
 
-        server.proc.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         with gevent.Timeout(10, AssertionError("the client never saw the connection end")):
             while True:
                 try:
@@ -744,14 +599,11 @@ def test_sigterm_lets_echo_server_finish_and_exit_cleanly(peers):
                 if not data:
                     break
                 replies += [int(BARE.decode(m.payload, str)) for m in client.decoder.feed(data)]
-        assert server.wait() == 0
+        assert server.wait() == 0  # its log is then read to the end
         assert replies == list(range(len(replies))), "replies lost, duplicated or reordered"
-        server.stop()  # reads its log to the end
-        assert not [line for line in server.lines if "unsent" in line], "replies were left unsent"
-        dropped = [line for line in server.lines if "dropped a message (stopped)" in line]
+        assert not [line for line in server.err if "unsent" in line], "replies were left unsent"
+        dropped = [line for line in server.err if "dropped a message (stopped)" in line]
         assert len(replies) + len(dropped) <= count
-    finally:
-        server.stop()
 
 
 # --- security defaults ---------------------------------------------------------------------------
@@ -789,8 +641,8 @@ def test_a_pickle_payload_is_never_unpickled(make_server, peers, logs, tmp_path)
     peer.send(frame(["raw"], ["app"], evil))
     peer.send(frame(["bytes"], ["app"], BARE.encode(evil)))
     peer.send(frame(["echo_service"], ["app"], evil))  # a str worker: not valid BARE text
-    wait_until(lambda: raw.bodies and as_bytes.bodies, arrived, what="both recorders")
-    logs.wait_for("bad_payload", peer.key)
+    wait_until(lambda: raw.bodies and as_bytes.bodies, arrived, "both recorders")
+    logs.wait_for("bad_payload", peer.key, level="WARNING")
 
     assert raw.bodies == [evil] and as_bytes.bodies == [evil]
     assert peer.echo("fine") == "fine"
@@ -810,20 +662,18 @@ def test_huge_announced_sizes_are_rejected_before_allocating(make_server, peers,
     }[where]
     tracemalloc.start()
     try:
-        start = time.perf_counter()
         with pytest.raises(RemoteProtocolError):
             decode_body(body)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 0.5 and peak < 100_000, (elapsed, peak)
+    assert peak < 100_000, peak
 
     server = make_server()
     peer = peers(server.address)
     peer.send(raw_frame(body))
     assert peer.wait_closed()
-    logs.wait_for("malformed frame", peer.key)
+    logs.wait_for("malformed frame", peer.key, level="WARNING")
 
 
 @pytest.mark.parametrize(
@@ -843,5 +693,5 @@ def test_a_dropped_message_is_logged_in_a_short_line(
     peer = peers(server.address)
     peer.send(frame(onward, ret, payload))
     assert peer.echo("after") == "after"
-    (line,) = logs.wait_for("dropped", peer.key)
+    (line,) = logs.wait_for("dropped", peer.key, level="WARNING")
     assert len(line) < 1000, len(line)

@@ -5,7 +5,6 @@ both routes, and the connect policy for forwarded messages (docs/protocol.md, se
 Real nodes, real sockets on 127.0.0.1 port 0, real greenlets; nothing is mocked.
 """
 
-import time
 
 import gevent
 import pytest
@@ -30,9 +29,9 @@ from helpers import (
     Echo,
     bare_str,
     peer_name,
+    poll_until,
     recv_frame,
     ref_frame,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -218,20 +217,18 @@ def test_a_request_fails_at_once_with_connection_lost_when_its_connection_closes
     outcome = Queue()
 
     def request():
-        started = time.monotonic()
         try:
             node.request(["1#" + address, "echo_service"], "never answered", timeout=timeout)
-        except ConnectionLost as exc:
-            outcome.put((exc, time.monotonic() - started))
+        except ConnectionLost as exc:  # not ReceiveTimeout: ended by the close
+            outcome.put(exc)
 
     g = gevent.spawn(request)
     server_side = net.accept(listener)
     recv_frame(server_side)  # the request arrived; now the peer dies without answering
     server_side.close()
-    error, elapsed = outcome.get(timeout=WAIT)
+    error = outcome.get(timeout=WAIT)  # long before the request's own timeout
     g.join(WAIT)
     assert address in str(error)
-    assert elapsed < timeout / 2  # ended by the close, not by the timeout
 
 
 # --- connection marks ----------------------------------------------------------------------------
@@ -251,7 +248,7 @@ def test_a_random_mark_names_an_accepted_connection_by_an_unguessable_local_addr
     assert node.statistics()["endpoints"] == 1
     assert tcp.connections == {}  # not reachable by 1#ip:port
     peer.close()
-    wait_until(lambda: node.statistics()["endpoints"] == 0, "the mark goes with its connection")
+    poll_until(lambda: node.statistics()["endpoints"] == 0, "the mark goes with its connection")
 
 
 def test_with_random_marks_one_client_cannot_write_into_another_clients_connection(net):
@@ -261,9 +258,9 @@ def test_with_random_marks_one_client_cannot_write_into_another_clients_connecti
     attacker = net.connect(address)
     victim_name = peer_name(victim.getsockname())
     attacker.sendall(ref_frame(["1#" + victim_name, "0#victim_app"], ["0#x"], bare_str("forged")))
-    wait_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
+    poll_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
     victim.sendall(ref_frame(["0#nobody"], ["0#v"], b""))  # the victim's line still works
-    wait_until(lambda: node.statistics()["dropped"].get("unknown_address") == 1, "its frame")
+    poll_until(lambda: node.statistics()["dropped"].get("unknown_address") == 1, "its frame")
     victim.settimeout(0.0)
     with pytest.raises(BlockingIOError):
         victim.recv(1)  # nothing was written to the victim
@@ -311,7 +308,7 @@ def test_by_default_a_forwarded_message_goes_only_over_an_open_connection(net):
     listener, target = net.listener()
     peer = net.connect(address)
     peer.sendall(ref_frame(["1#" + target, "0#echo_service"], ["0#app"], bare_str("relay me")))
-    wait_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
+    poll_until(lambda: node.statistics()["dropped"].get("no_connection") == 1, "the drop")
     assert target not in tcp.connections
     stats = tcp.statistics()
     assert "connections_opened" not in stats and "connect_failures" not in stats
@@ -360,6 +357,6 @@ def test_a_client_of_a_peer_marked_listener_can_reach_another_client_only_by_its
     victim = net.connect(address)
     attacker = net.connect(address)
     victim_name = peer_name(victim.getsockname())
-    wait_until(lambda: victim_name in tcp.connections, "the victim's connection is registered")
+    poll_until(lambda: victim_name in tcp.connections, "the victim's connection is registered")
     attacker.sendall(ref_frame(["1#" + victim_name, "0#victim_app"], ["0#x"], bare_str("forged")))
     assert recv_frame(victim).endswith(bare_str("forged"))

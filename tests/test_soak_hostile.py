@@ -7,23 +7,12 @@ held to a speed here.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-import greenockam
+from helpers import run_script
 
 pytestmark = pytest.mark.timeout(150)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ATTACK = os.path.join(ROOT, "scripts", "attack.py")
-
-# The script must run the greenockam these tests import (see test_scripts.py).
-ENV = dict(os.environ)
-if os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__))) == ROOT:
-    ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 FIGURES = {
     "echoes": int,
@@ -74,14 +63,7 @@ def test_a_short_hostile_run_reports_every_figure_and_the_server_survives(tmp_pa
     # attack message, and this test is about the tool, not about the server's speed.
     args = ["--seconds", "2", "--attackers", "2", "--rate", "2000", "--seed", "15"]
     args += ["--final-timeout", "60", "--log", str(log)]
-    done = subprocess.run(
-        [sys.executable, ATTACK] + args,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ENV,
-        timeout=140,
-    )
+    done = run_script("attack.py", *args, timeout=140)
     assert done.returncode in (0, 1), done.stdout + done.stderr
     *_, verdict, last = done.stdout.splitlines()
     figures = json.loads(last)

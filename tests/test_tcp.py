@@ -17,8 +17,8 @@ from typing import List
 import gevent
 import gevent.socket
 import pytest
+from gevent.event import Event
 from gevent.queue import Queue
-from loguru import logger
 
 from greenockam import (
     ConnectFailed,
@@ -31,17 +31,17 @@ from greenockam import (
 from greenockam.transport.tcp import TcpTransport
 from helpers import (
     Echo,
-    LogLines,
+    LogCapture,
     assert_closed_by_peer,
     bare_str,
     live_greenlets,
     peer_name,
+    poll_until,
     recv_exact,
     recv_frame,
     ref_frame,
     ref_uint,
     split_host_port,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,14 +100,11 @@ def test_the_reference_encoder_of_these_tests_reproduces_the_vectors():
 @pytest.fixture
 def warnings_log():
     """greenockam's WARNING-and-above log lines during the test."""
-    logs = LogLines()
-    logger.enable("greenockam")
-    handler = logger.add(logs.sink, level="WARNING", format="{message}")
+    capture = LogCapture("WARNING")
     try:
-        yield logs
+        yield capture
     finally:
-        logger.remove(handler)
-        logger.disable("greenockam")
+        capture.close()
 
 
 # --- exact bytes on the wire --------------------------------------------------------------------
@@ -423,7 +420,7 @@ def test_a_connection_the_peer_drops_is_forgotten_and_the_next_message_reconnect
     first = net.accept(listener)
     assert recv_exact(first, len(FRAMES["echo_request_bare"])) == FRAMES["echo_request_bare"]
     first.close()
-    wait_until(lambda: address not in tcp.connections, "the dropped connection is forgotten")
+    poll_until(lambda: address not in tcp.connections, "the dropped connection is forgotten")
 
     node.send(route, HELLO)
     second = net.accept(listener)
@@ -441,7 +438,7 @@ def test_an_accepted_connection_the_client_closes_is_forgotten(net):
     assert key in tcp.connections
 
     raw.close()
-    wait_until(lambda: key not in tcp.connections, "the closed connection is forgotten")
+    poll_until(lambda: key not in tcp.connections, "the closed connection is forgotten")
     assert tcp.statistics()["connections"] == 0
 
 
@@ -475,7 +472,7 @@ def test_a_forwarded_message_to_an_unreachable_hop_is_logged_and_dropped(net, wa
     peer.sendall(ref_frame(["1#" + unreachable, "0#echo_service"], ["0#app"], bare_str(HELLO)))
 
     warnings_log.wait_for(unreachable)
-    wait_until(
+    poll_until(
         lambda: node.statistics()["dropped"].get("connect_failed") == 1, "the drop is counted"
     )
     assert tcp.statistics()["connect_failures"] == 1
@@ -519,16 +516,19 @@ def test_stop_closes_the_listener_every_connection_and_ends_every_greenlet_it_st
     # ... one it is still opening, for a forwarded message and for a local sender waiting on it
     stuck = stuck_address(net)
     clients[0].sendall(ref_frame(["1#" + stuck, "0#echo_service"], ["0#app"], bare_str("fwd")))
-    wait_until(lambda: stuck in tcp.connections, "the forward starts connecting")
+    poll_until(lambda: stuck in tcp.connections, "the forward starts connecting")
+
+    about_to_send = Event()
 
     def send_waiting_for_the_connect():
+        about_to_send.set()  # no switch between this and the send below, which blocks
         try:
             node.send(["1#" + stuck, "sink"], "waits for the connect")
         except GreenockamError as exc:
             return exc
 
     waiting = gevent.spawn(send_waiting_for_the_connect)
-    gevent.sleep(0)  # let it start: it blocks on the pending connect
+    assert about_to_send.wait(T)  # runs again only once the sender is blocked in its send
     assert not waiting.dead
     assert len(tcp.connections) == 5
 

@@ -18,7 +18,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-import gevent
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -922,7 +921,6 @@ def test_a_struct_worker_answers_a_request_with_an_enum_over_tcp(codec):
     finally:
         client.stop(timeout=2.0)
         server.stop(timeout=2.0)
-        gevent.sleep(0)
 
 
 def test_a_payload_that_is_not_the_workers_type_is_dropped_and_the_worker_goes_on(node):

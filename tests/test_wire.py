@@ -18,6 +18,7 @@ from greenockam.address import Address, Route
 from greenockam.codecs import get_codec
 from greenockam.errors import (
     AddressError,
+    GreenockamError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -621,6 +622,18 @@ def test_corrupted_or_truncated_valid_bodies_decode_or_raise_only_remote_protoco
     assert isinstance(decoded, TransportMessage)
 
 
-def test_an_address_that_cannot_be_utf8_encoded_is_refused_with_a_greenockam_error():
-    with pytest.raises((AddressError, LocalProtocolError)):
-        encode_frame(TransportMessage(Route([Address(0, "\ud800")]), Route(["app"]), b""))
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Address(0, "\ud800"),
+        lambda: Address.parse("0#\ud800"),
+        lambda: Route(["app", "\ud800"]),
+        lambda: Route.parse("app => 1#\ud800"),
+    ],
+    ids=["Address", "Address.parse", "Route", "Route.parse"],
+)
+def test_an_address_that_cannot_be_utf8_encoded_is_refused_with_a_greenockam_error(make):
+    # Refused where an address is made, so no message can carry one to the frame encoder.
+    with pytest.raises(AddressError, match="UTF-8") as info:
+        make()
+    assert isinstance(info.value, GreenockamError)
