@@ -44,7 +44,7 @@ MESSAGE = "0123456789abcdef0123456789abcdef"
 TARGETS = {"secure_rtt_ratio": 0.75, "secure_pipelined_ratio": 0.5}
 
 
-def start_server() -> Tuple["subprocess.Popen[bytes]", str]:
+def start_server() -> Tuple[subprocess.Popen[bytes], str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE)] + sys.path))
     proc = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "echo_server.py"), "127.0.0.1:0",

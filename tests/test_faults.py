@@ -10,6 +10,7 @@ from typing import List
 
 import pytest
 from gevent.queue import Queue
+from loguru import logger
 
 from greenockam import ConnectionLost, Worker
 from greenockam.faults import FaultLog, printable
@@ -256,8 +257,8 @@ def test_a_handler_bug_logs_its_traceback_without_the_payload_even_with_a_diagno
     try:
         node.start_worker("leaky", Leaky())
         node.send(["leaky"], "pw=hunter2")
-        wait_until(lambda: node.statistics()["handler_errors"] == 1, "the handler error")
-        wait_until(lambda: any("handler bug" in str(m) for m in out), "its log line")
+        poll_until(lambda: node.statistics()["handler_errors"] == 1, "the handler error")
+        poll_until(lambda: any("handler bug" in str(m) for m in out), "its log line")
     finally:
         logger.remove(handler)
         logger.disable("greenockam")
