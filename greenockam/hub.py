@@ -162,12 +162,15 @@ class Hub:
     # -- routing ----------------------------------------------------------------------------
 
     def _send(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Route what the hub itself sends: in the router when it came from the network (never
-        blocking or raising), in the caller's greenlet for a local sender."""
-        if source is not None:
-            self.node.deliver([message], source)
-        else:
+        """Route what the hub itself sends, in the calling greenlet: by the router's rules when
+        it came from the network (never blocking or raising), as a local send otherwise."""
+        if source is None:
             self.node.dispatch(message)
+            return
+        try:
+            self.node.relay(message, source)
+        except NodeStopped:
+            self.node.drop("stopped", message, source)
 
     # -- registration -----------------------------------------------------------------------
 

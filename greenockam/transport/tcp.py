@@ -122,6 +122,7 @@ class Connection:
         "accepted",
         "mark",
         "confined",
+        "_granted",
         "_transport",
         "_node",
         "_loop",
@@ -154,6 +155,7 @@ class Connection:
         self.accepted = accepted
         self.mark = Address(TCP, peer) if mark is None else mark
         self.confined = confined
+        self._granted: Optional[Route] = None  # the return route last granted to it
         self._transport = transport
         self._node = transport.node
         self._loop = get_hub().loop
@@ -721,6 +723,9 @@ class TcpTransport:
     def _grant(self, conn: Connection, ret: Route) -> None:
         """``ret`` is the return route of a frame written on ``conn``: grant ``conn`` every
         confined mark in it (but its own), with the hop after the mark."""
+        if ret is conn._granted:
+            return  # a decoder repeats its route objects: granted last time, still the newest
+        conn._granted = ret
         confined = self._confined
         holder = conn.mark
         for i, hop in enumerate(ret):
