@@ -61,22 +61,27 @@ def _message(onward: Route, ret: Route, payload: bytes) -> TransportMessage:
 
 class _Forwarder(Endpoint):
     """One registration: sends every message it gets along the registered route, with the
-    sender's return route (docs/hub.md, "Forwarding")."""
+    sender's return route (docs/hub.md, "Forwarding"). It vouches for what it sends (the
+    registrant gave it that route), and hands it straight to the registrant's connection when
+    the route starts with a local endpoint (a connection's random mark), as the router would."""
 
-    __slots__ = ("hub", "route")
+    __slots__ = ("hub", "route", "endpoint")
 
     def __init__(self, hub: Hub, route: Route) -> None:
         self.hub = hub
         self.route = route
+        self.endpoint = hub.node.endpoint(route[0])
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         hub = self.hub
         hub.forwarded += 1
-        # The forwarder vouches for its send: the registrant gave it this route.
-        hub._send(
-            _message(self.route, message[2], message[3]),
-            Vouched(source) if source is not None else None,
-        )
+        forward = _message(self.route, message[2], message[3])
+        if source is None:
+            hub._send(forward, None)
+        elif self.endpoint is not None:
+            self.endpoint.handle(forward, Vouched(source))
+        else:
+            hub._send(forward, Vouched(source))
 
 
 class _EchoService(Endpoint):

@@ -405,12 +405,16 @@ class Connection:
 
 class _Mark(Endpoint):
     """The random mark of an accepted connection: a local endpoint that writes what is sent to
-    it on that connection (see :meth:`TcpTransport.listen`)."""
+    it on that connection (see :meth:`TcpTransport.listen`). It keeps the routes it wrote last,
+    encoded: what goes to one connection mostly repeats them (a decoder's route objects)."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_onward", "_return", "_routes_raw")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._onward: Optional[Route] = None
+        self._return: Optional[Route] = None
+        self._routes_raw = b""
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         conn = self._conn
@@ -418,7 +422,11 @@ class _Mark(Endpoint):
         if conn.confined and source is not None and not transport._admits(conn, message, source):
             transport.node.drop("confined", message, source)
             return
-        frame = transport._frame(message, source)
+        onward, ret = message[1], message[2]
+        if onward is not self._onward or ret is not self._return:
+            self._routes_raw = encode_route(onward[1:]) + encode_route(ret)
+            self._onward, self._return = onward, ret
+        frame = transport._frame(message, source, self._routes_raw)
         if frame is not None:
             if transport._confined:
                 transport._grant(conn, message[2])
@@ -674,16 +682,23 @@ class TcpTransport:
             self._grant(conn, message[2])
         self.write(conn, frame, source)
 
-    def _frame(self, message: TransportMessage, source: Optional[Source]) -> Optional[bytes]:
-        """``message``'s frame without its first hop (docs/protocol.md, rule 3). A body over
-        65535 bytes raises to a local sender (nothing is opened or written) and is dropped when
-        forwarded (None)."""
-        if source is None:
-            return encode_frame(message, pop_first=True)
+    def _frame(
+        self,
+        message: TransportMessage,
+        source: Optional[Source],
+        routes_raw: Optional[bytes] = None,
+    ) -> Optional[bytes]:
+        """``message``'s frame without its first hop (docs/protocol.md, rule 3), behind
+        ``routes_raw`` if the caller has them encoded already. A body over 65535 bytes raises
+        to a local sender (nothing is opened or written) and is dropped when forwarded (None)."""
         try:
-            return encode_frame(message, pop_first=True)
-        except LocalProtocolError as exc:  # a body that grew too big to forward
-            self.node.drop("unsendable", message, exc)
+            if routes_raw is None:
+                return encode_frame(message, pop_first=True)
+            return frame_with_routes(message[0], routes_raw, message[3])
+        except LocalProtocolError as exc:
+            if source is None:
+                raise
+            self.node.drop("unsendable", message, exc)  # a body that grew too big to forward
             return None
 
     def write(self, conn: Connection, frame: bytes, source: Optional[Source]) -> None:
