@@ -62,6 +62,7 @@ class _Relay:
     destination it fed is past its bound."""
 
     __slots__ = ("peer", "paused")
+    mark: Optional[Address] = None  # a local sender: confinement lets it through
 
     def __init__(self, address: Address) -> None:
         self.peer = f"worker {address}"

@@ -30,6 +30,7 @@ __all__ = [
     "WorkerInitError",
     "TransportError",
     "ConnectFailed",
+    "RegistrationFailed",
     "ConnectionLost",
     "OutputFull",
     "SecureChannelError",
@@ -111,6 +112,12 @@ class TransportError(GreenockamError, ConnectionError):
 
 class ConnectFailed(TransportError):
     """An outgoing connection could not be opened (refused, unreachable, timed out)."""
+
+
+class RegistrationFailed(ConnectFailed):
+    """A :class:`~greenockam.hub.RemoteForwarder` could not register at its hub: no
+    connection, no reply within the timeout, or a reply that is not a registration
+    (docs/hub.md, "The client"). The worker is not reachable through the hub."""
 
 
 class OutputFull(TransportError):

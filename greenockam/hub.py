@@ -11,10 +11,10 @@ being an open relay:
   else (docs/hub.md, "Limits").
 * A forwarder is bound to the connection that registered it and removed when that connection
   closes; registrations past the per-connection or total limit are dropped and counted.
-* With confinement (on by default), a connection marked with a random address (the hub's
-  default, ``TcpTransport.listen(mark="random")``) receives only what the hub's services and its
-  own forwarders send it, and replies along exactly the return routes the hub handed to the
-  sender (docs/hub.md, "Confinement").
+* A forwarder re-routes with a :class:`~greenockam.transport.base.Vouched` source: a
+  transport that confines its connections (``TcpTransport.listen(confine=True)``, what
+  ``scripts/hub.py`` does) lets through what a registrant's forwarders send it, and otherwise
+  only replies along the marks it handed out (docs/hub.md, "Confinement").
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from gevent.event import AsyncResult, Event
 from loguru import logger
 
 from .address import LOCAL, TCP, Address, AddressLike, Route
-from .errors import AddressInUse, GreenockamError, NodeStopped
+from .errors import AddressInUse, GreenockamError, NodeStopped, RegistrationFailed
 from .node import Node
-from .transport.base import Cancel, Endpoint, Source
+from .transport.base import Cancel, Endpoint, Source, Vouched
 from .transport.tcp import parse_host_port
 from .wire import VERSION, TransportMessage, encode_route, encode_uint
 
@@ -41,7 +41,7 @@ __all__ = [
     "Hub",
     "ForwarderInfo",
     "RemoteForwarder",
-    "RegistrationFailed",
+    "RegistrationFailed",  # defined in greenockam.errors; re-exported where the client raises it
 ]
 
 ECHO_SERVICE = "echo_service"
@@ -52,11 +52,6 @@ REGISTER_PAYLOAD = b"\x08register"
 _new_tuple = tuple.__new__
 
 
-class RegistrationFailed(GreenockamError):
-    """A :class:`RemoteForwarder` could not register at its hub: no connection, no reply
-    within the timeout, or a reply that is not a registration (docs/hub.md, "The client")."""
-
-
 def _message(onward: Route, ret: Route, payload: bytes) -> TransportMessage:
     return _new_tuple(TransportMessage, (VERSION, onward, ret, payload))
 
@@ -64,61 +59,29 @@ def _message(onward: Route, ret: Route, payload: bytes) -> TransportMessage:
 # --- the hub ---------------------------------------------------------------------------------
 
 
-class _Guard(Endpoint):
-    """Stands in front of a connection's random mark when the hub confines connections: lets
-    through only what the connection may receive, and remembers which return routes the
-    connection was handed (its grants)."""
-
-    __slots__ = ("hub", "mark", "inner", "grants", "cancel")
-
-    def __init__(self, hub: Hub, mark: Address, inner: Endpoint) -> None:
-        self.hub = hub
-        self.mark = mark
-        self.inner = inner  # the transport's endpoint that writes on the connection
-        self.grants: Dict[Route, None] = {}  # return routes handed to this connection, oldest first
-        self.cancel: Optional[Cancel] = None
-
-    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        if source is not None:
-            sender = getattr(source, "mark", None)
-            if sender != self.mark:
-                guard = self.hub._guards.get(sender[1]) if sender is not None else None
-                if guard is None or message[1] not in guard.grants:
-                    self.hub.node.drop("confined", message, source)
-                    return
-        self.write(message, source)
-
-    def write(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Write ``message`` on the connection, granting it the message's return route."""
-        ret = message[2]
-        if ret and ret[0] != self.mark and ret[0][1] in self.hub._guards:
-            grants = self.grants
-            if ret not in grants:
-                if len(grants) >= self.hub.max_grants_per_connection:
-                    del grants[next(iter(grants))]
-                grants[ret] = None
-                self.hub._holders[ret[0][1]].add(self)
-        self.inner.handle(message, source)
-
-    def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
-        return self.inner.on_close(callback)
-
-
 class _Forwarder(Endpoint):
     """One registration: sends every message it gets along the registered route, with the
-    sender's return route (docs/hub.md, "Forwarding")."""
+    sender's return route (docs/hub.md, "Forwarding"). It vouches for what it sends (the
+    registrant gave it that route), and hands it straight to the registrant's connection when
+    the route starts with a local endpoint (a connection's random mark), as the router would."""
 
-    __slots__ = ("hub", "route")
+    __slots__ = ("hub", "route", "endpoint")
 
     def __init__(self, hub: Hub, route: Route) -> None:
         self.hub = hub
         self.route = route
+        self.endpoint = hub.node.endpoint(route[0])
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         hub = self.hub
-        hub._adopt(source)  # the registrant will learn the sender's mark
         hub.forwarded += 1
-        hub._send(_message(self.route, message[2], message[3]), source)
+        forward = _message(self.route, message[2], message[3])
+        if source is None:
+            hub._send(forward, None)
+        elif self.endpoint is not None:
+            self.endpoint.handle(forward, Vouched(source))
+        else:
+            hub._send(forward, Vouched(source))
 
 
 class _EchoService(Endpoint):
@@ -151,11 +114,12 @@ class Hub:
     it creates (docs/hub.md). Starts them at once; :meth:`stop` removes them (the node runs on).
 
     A hub never dials: give its node a ``TcpTransport`` with the default
-    ``dial_for_forward=False`` and listen with ``mark="random"`` (what ``scripts/hub.py`` does)::
+    ``dial_for_forward=False``, and listen with random marks and confinement (what
+    ``scripts/hub.py`` does; docs/hub.md, "Confinement")::
 
         node = Node()
         tcp = TcpTransport(node)
-        tcp.listen("127.0.0.1:4000", mark="random")
+        tcp.listen("127.0.0.1:4000", mark="random", confine=True)
         hub = Hub(node)
 
     Args:
@@ -163,10 +127,6 @@ class Hub:
         max_forwarders: forwarders alive at once, over which a registration is dropped
             (default 100000).
         max_forwarders_per_connection: forwarders registered over one connection (default 64).
-        confine: guard connections marked with random addresses (default True; see the module
-            docstring). Connections marked ``1#peer`` cannot be guarded.
-        max_grants_per_connection: return routes a confined connection remembers that it may
-            reply along (default 1024; the oldest is forgotten first).
 
     Attributes:
         registrations, forwarded, echoed: counters (see :meth:`statistics`).
@@ -178,31 +138,23 @@ class Hub:
         *,
         max_forwarders: int = 100_000,
         max_forwarders_per_connection: int = 64,
-        confine: bool = True,
-        max_grants_per_connection: int = 1024,
     ) -> None:
         for name, value in (
             ("max_forwarders", max_forwarders),
             ("max_forwarders_per_connection", max_forwarders_per_connection),
-            ("max_grants_per_connection", max_grants_per_connection),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.node = node
         self.max_forwarders = max_forwarders
         self.max_forwarders_per_connection = max_forwarders_per_connection
-        self.confine = confine
-        self.max_grants_per_connection = max_grants_per_connection
         self.registrations = 0
         self.forwarded = 0
         self.echoed = 0
         self._refused = 0
-        self._warned_peer_marks = False
         self._forwarders: Dict[str, _Forwarder] = {}  # address value -> forwarder
         self._by_connection: Dict[Address, Set[str]] = {}  # registrant mark -> its forwarders
         self._watches: Dict[Address, Cancel] = {}  # registrant mark -> its close watch
-        self._guards: Dict[str, _Guard] = {}  # random mark value -> its guard
-        self._holders: Dict[str, Set[_Guard]] = {}  # mark value -> guards granted routes to it
         self._echo_route = Route([Address(LOCAL, ECHO_SERVICE)])
         self._services = [
             node.start_endpoint(ECHO_SERVICE, _EchoService(self)),
@@ -215,57 +167,15 @@ class Hub:
     # -- routing ----------------------------------------------------------------------------
 
     def _send(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Route what the hub itself sends: straight to a guarded connection (the hub may
-        write to any), else through the node (in the router when it came from the network)."""
-        onward = message[1]
-        guard = self._guards.get(onward[0][1]) if onward and onward[0][0] == LOCAL else None
-        if guard is not None:
-            guard.write(message, source)
-        elif source is not None:
-            self.node.deliver([message], source)
-        else:
+        """Route what the hub itself sends, in the calling greenlet: by the router's rules when
+        it came from the network (never blocking or raising), as a local send otherwise."""
+        if source is None:
             self.node.dispatch(message)
-
-    def _adopt(self, source: Optional[Source]) -> None:
-        """Guard ``source``'s connection from now on, if confining and it has a random mark
-        (called before the hub hands that mark to anyone)."""
-        if source is None or not self.confine:
             return
-        mark: Optional[Address] = getattr(source, "mark", None)
-        if mark is None or mark[1] in self._guards:
-            return
-        if mark[0] != LOCAL:
-            if not self._warned_peer_marks:
-                self._warned_peer_marks = True
-                logger.warning(
-                    "connections marked {} by their peer address cannot be confined; listen "
-                    'with mark="random" to confine them',
-                    mark,
-                )
-            return
-        node = self.node
-        inner = node.endpoints.get(mark[1])
-        if inner is None:
-            return  # closed already
-        guard = _Guard(self, mark, inner)
-        node.stop_endpoint(mark)
-        node.start_endpoint(mark, guard)
-        self._guards[mark[1]] = guard
-        self._holders[mark[1]] = set()
-        guard.cancel = node.on_close(mark, lambda: self._unguard(mark))
-
-    def _unguard(self, mark: Address) -> None:
-        """A guarded connection closed (called from the hub; the transport removed its mark):
-        forget its guard and every route to it that other connections were granted."""
-        guard = self._guards.pop(mark[1], None)
-        for holder in self._holders.pop(mark[1], ()):
-            for route in [r for r in holder.grants if r[0] == mark]:
-                del holder.grants[route]
-        if guard is not None:
-            for route in guard.grants:
-                holders = self._holders.get(route[0][1])
-                if holders is not None:
-                    holders.discard(guard)
+        try:
+            self.node.relay(message, source)
+        except NodeStopped:
+            self.node.drop("stopped", message, source)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -286,7 +196,6 @@ class Hub:
             self._refuse("connection_forwarder_limit", message, source)
             return
         if connection is not None and owned is None:
-            self._adopt(source)
             cancel = node.on_close(connection, lambda: self._connection_closed(connection))
             if cancel is None:
                 node.drop("connection_closed", message, source)
@@ -334,16 +243,14 @@ class Hub:
 
     def statistics(self) -> Dict[str, Any]:
         """Plain numbers: ``forwarders`` alive, ``registrant_connections`` (connections that
-        own forwarders), ``guarded_connections``, ``grants`` (return routes held by guarded
-        connections), ``registrations`` made, ``registrations_refused`` (over a limit),
+        own forwarders), ``registrations`` made, ``registrations_refused`` (over a limit),
         ``forwarded`` and ``echoed`` messages. Messages dropped are counted with the node's
-        (``Node.statistics()["dropped"]``: ``confined``, ``forwarder_limit``,
-        ``connection_forwarder_limit``, ``unknown_address``, ``no_connection``)."""
+        (``Node.statistics()["dropped"]``: ``forwarder_limit``, ``connection_forwarder_limit``,
+        ``unknown_address``, ``no_connection``, and the transport's ``confined``); confinement's
+        own figures are the transport's (``TcpTransport.statistics()``)."""
         return {
             "forwarders": len(self._forwarders),
             "registrant_connections": len(self._by_connection),
-            "guarded_connections": len(self._guards),
-            "grants": sum(len(g.grants) for g in self._guards.values()),
             "registrations": self.registrations,
             "registrations_refused": self._refused,
             "forwarded": self.forwarded,
@@ -351,8 +258,7 @@ class Hub:
         }
 
     def stop(self) -> None:
-        """Remove the services, every forwarder and every guard (the connections stay open and
-        unguarded). Idempotent."""
+        """Remove the services and every forwarder (the connections stay open). Idempotent."""
         node = self.node
         for cancel in list(self._watches.values()):
             cancel()
@@ -360,16 +266,8 @@ class Hub:
         self._by_connection.clear()
         for value in list(self._forwarders):
             self._remove(value)
-        for guard in list(self._guards.values()):
-            if guard.cancel is not None:
-                guard.cancel()
-            if node.endpoints.get(guard.mark[1]) is guard:
-                node.stop_endpoint(guard.mark)
-                node.start_endpoint(guard.mark, guard.inner)
-        self._guards.clear()
-        self._holders.clear()
         for address in self._services:
-            if address[1] in node.endpoints:
+            if node.endpoint(address) is not None:
                 node.stop_endpoint(address)
         self._services = []
 
@@ -518,7 +416,7 @@ class RemoteForwarder(Endpoint):
         greenlet, self._greenlet = self._greenlet, None
         if greenlet is not None and greenlet is not gevent.getcurrent():
             greenlet.kill()
-        if self.address is not None and self.address[1] in self.node.endpoints:
+        if self.address is not None and self.node.endpoint(self.address) is not None:
             self.node.stop_endpoint(self.address)
         self.info = None
 

@@ -220,6 +220,11 @@ class Node:
         """The endpoints by local address value (a copy)."""
         return dict(self._endpoints)
 
+    def endpoint(self, address: AddressLike) -> Optional[Endpoint]:
+        """The endpoint at the local ``address``, or None if there is none."""
+        addr = Address.parse(address)
+        return self._endpoints.get(addr[1]) if addr[0] == LOCAL else None
+
     def start_endpoint(self, address: Optional[AddressLike], endpoint: Endpoint) -> Address:
         """Register ``endpoint`` at ``address`` (``None``: a random one); the router hands it
         every message addressed there (see :class:`~greenockam.transport.base.Endpoint`).

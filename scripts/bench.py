@@ -19,6 +19,11 @@ ratio greenockam / raw. The figures (the README's Performance section says what 
    from /proc/<pid>/status after every connection has done one round trip.
 5. ``codec``: in-process timeit of greenockam's codecs (the frame codec's encode, decode and
    both; the BARE payload codec; route conversion).
+6. ``hub``: greenockam only. One client, pipelined as in 2, to an echoer that listens and is
+   registered at a hub (``scripts/hub.py`` with its defaults: random marks, confinement): first
+   straight to the echoer, then through the hub to its forwarder (every message crosses the
+   hub twice): messages/s of both, ``hub_ratio`` = through the hub / straight, and the hub's
+   CPU per message.
 
 The raw baseline is a gevent ``StreamServer`` echo and gevent sockets with the same framing (u16
 big-endian length, then a body of exactly the size of greenockam's body for the same message).
@@ -30,8 +35,8 @@ greenockam client is a ``Node`` + ``TcpTransport`` per connection using ``node.s
 
 Every server and client is a separate process pinned with ``os.sched_setaffinity`` (``--cpus``,
 server CPU then client CPU, default ``0,0``). This process only starts them and waits. The other
-roles (``--role raw-server``, ``--role client``, ``--role codec``) are this same file run again,
-and can be run by hand, e.g. against a server under a profiler.
+roles (``--role raw-server``, ``--role client``, ``--role codec``, ``--role hub-echoer``) are this
+same file run again, and can be run by hand, e.g. against a server under a profiler.
 
 The last line printed is one JSON object. The exit status is 0 even when a target is missed (the
 table says MISSED): this is a measurement, not a test. A hang or a crash of any process ends the
@@ -132,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="seconds allowed per client run (default 45 quick, 240 full)")
     # Roles used by the orchestrator (and usable by hand).
-    parser.add_argument("--role", choices=["bench", "raw-server", "client", "codec"],
+    parser.add_argument("--role", choices=["bench", "raw-server", "client", "codec", "hub-echoer"],
                         default="bench")
     parser.add_argument("--impl", choices=["raw", "gko"], default="gko")
     parser.add_argument("--phase", choices=roles.PHASES, default="rtt")
@@ -143,14 +148,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--per-conn", type=int, default=500)
     parser.add_argument("--server-pid", type=int, default=0,
                         help="client role: also report this server process's CPU per message")
+    parser.add_argument("--hub", default="",
+                        help="hub phase and hub-echoer role: the hub's HOST:PORT")
+    parser.add_argument("--forwarder", default="",
+                        help="hub phase: the echoer's forwarder address at the hub")
     args = parser.parse_args(argv)
 
     if args.role == "raw-server":
         return roles.run_raw_server(args.addr)
+    if args.role == "hub-echoer":
+        return roles.run_hub_echoer(args.addr, args.hub)
     if args.role == "client":
         return roles.run_client(
             args.impl, args.phase, args.addr, args.timeout or 120.0, args.n, args.warm,
-            args.conns, args.per_conn, args.server_pid,
+            args.conns, args.per_conn, args.server_pid, args.hub, args.forwarder,
         )
     if args.role == "codec":
         return codec.run_codec(args.n)

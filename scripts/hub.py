@@ -55,13 +55,13 @@ def main(argv=None) -> int:
         choices=["random", "peer"],
         default="random",
         help="name connections in return routes by unguessable random addresses (default) or "
-        "by 1#ip:port as Rust nodes do (peer: any client can write to any other; no "
-        "confinement)",
+        "by 1#ip:port as Rust nodes do",
     )
     parser.add_argument(
         "--no-confine",
         action="store_true",
-        help="let a client reply along any mark it knows, not only along routes it was handed",
+        help="let a client send along any mark it knows, not only reply along the marks it "
+        "was handed (without confinement and with peer marks any client can write to any other)",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -93,9 +93,8 @@ def main(argv=None) -> int:
             node,
             max_forwarders=args.max_forwarders,
             max_forwarders_per_connection=args.max_forwarders_per_connection,
-            confine=args.marks == "random" and not args.no_confine,
         )
-        bound = tcp.listen(args.address, mark=args.marks)
+        bound = tcp.listen(args.address, mark=args.marks, confine=not args.no_confine)
         # A line the caller can wait for (the bound port matters when asked for port 0).
         print(f"hub listening on {bound}", flush=True)
         stop.wait()

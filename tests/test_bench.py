@@ -11,19 +11,16 @@ import json
 import math
 import os
 import resource
-import subprocess
 import sys
 
 import pytest
 
-import greenockam
+from helpers import SCRIPTS, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "scripts", "bench.py")
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, SCRIPTS)
 
-from benchmark import codec, report  # noqa: E402 (found through the path set just above)
-from benchmark.common import BenchError  # noqa: E402
+from benchmark import codec, report  # found through the path set just above
+from benchmark.common import BenchError
 
 # The results of a real quick run of three repetitions (runner.run_all(3, (0, 0), quick sizes)),
 # as each client and the codec role reported them, floats rounded to 3 decimals.
@@ -91,6 +88,15 @@ RUNS = {
         {"n": 10000, "connect_seconds": 2.267, "ok": True, "rss_before_kb": 31144,
          "rss_after_kb": 44572, "bytes_per_conn": 1375.027},
     ],
+    # runner.run_hub_phase((0, 0), quick sizes), three runs, recorded since (issue 13).
+    ("gko", "hub"): [
+        {"per_s": 128864.517, "direct_per_s": 288052.893, "ratio": 0.447, "hub_cpu_us": 3.0,
+         "n": 50000, "ok": True},
+        {"per_s": 133871.766, "direct_per_s": 277503.769, "ratio": 0.482, "hub_cpu_us": 3.0,
+         "n": 50000, "ok": True},
+        {"per_s": 132171.386, "direct_per_s": 275540.514, "ratio": 0.48, "hub_cpu_us": 2.8,
+         "n": 50000, "ok": True},
+    ],
     ("gko", "codec"): [
         {"ok": True, "frame_bytes": 58, "encode_ns": 240.143, "encode_plain_ns": 240.142,
          "decode_ns": 544.672, "roundtrip_ns": 848.688, "payload_encode_ns": 119.236,
@@ -139,6 +145,8 @@ JSON_KEYS = {
     # added since: typed messages against json (issue 11)
     "typed_struct_ns", "typed_struct_ratio", "typed_route_struct_ns", "typed_route_struct_ratio",
     "json_struct_ns", "json_route_struct_ns",
+    # added since: the hub (issue 13)
+    "hub_per_s", "hub_direct_per_s", "hub_ratio", "hub_cpu_us",
 }
 META_KEYS = {
     "body_bytes", "idle_connections", "rtt_messages", "pipelined_messages", "conns",
@@ -153,6 +161,7 @@ PUBLISHED_TARGETS = {  # README, Performance
     "bytes_per_idle_conn": 20480.0,
     "typed_struct_ratio": 0.5,
     "typed_route_struct_ratio": 0.5,
+    "hub_ratio": 0.5,
 }
 
 # A figure the table does not have: an in-process ratio no codec run measures.
@@ -201,6 +210,16 @@ def test_the_figures_and_the_metadata_are_the_keys_of_the_json_line():
     figures = report.aggregate(RUNS)
     line = report.json_line(figures, dict.fromkeys(META_KEYS, 0))
     assert set(json.loads(line)) == JSON_KEYS
+
+
+def test_the_hub_ratio_is_the_median_of_each_runs_own_ratio():
+    """Through the hub and straight are measured by one client in one run: each run's ratio is
+    its own, and the figure is their median, not the ratio of the medians."""
+    figures = report.aggregate(RUNS)
+    assert figures["hub_ratio"] == 0.48  # runs 0.447, 0.482, 0.48
+    assert figures["hub_per_s"] == 132171.386
+    assert figures["hub_direct_per_s"] == 277503.769
+    assert "raw_hub_per_s" not in figures
 
 
 def test_the_codec_rows_read_the_fields_the_codec_role_measures():
@@ -252,10 +271,11 @@ def test_a_target_is_met_above_or_below_it_as_the_figure_says():
         "codec_roundtrip_ns": True,  # 849 ns, lower is better
         "typed_struct_ratio": True,  # 0.387
         "typed_route_struct_ratio": True,  # 0.373
+        "hub_ratio": False,  # 0.480
     }
     assert list(met) == [
-        "rtt_ratio", "pipelined_ratio", "conns_ratio", "bytes_per_idle_conn", "codec_roundtrip_ns",
-        "typed_struct_ratio", "typed_route_struct_ratio",
+        "rtt_ratio", "pipelined_ratio", "conns_ratio", "bytes_per_idle_conn", "hub_ratio",
+        "codec_roundtrip_ns", "typed_struct_ratio", "typed_route_struct_ratio",
     ]
 
 
@@ -337,12 +357,7 @@ def test_targets_on_a_value_and_on_its_ratio_share_one_cell():
 
 
 def run_bench(*args, timeout):
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__)))
-    if package_root == ROOT:  # the tests import this source tree: so must the benchmark
-        env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
-    return subprocess.run([sys.executable, BENCH, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    return run_script("bench.py", *args, timeout=timeout)
 
 
 def test_a_target_naming_no_figure_is_refused_before_anything_runs():

@@ -10,43 +10,47 @@ callbacks run in the order they were registered (the hub's own first).
 """
 
 import contextlib
+import itertools
 import json
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import gevent
 import gevent.queue
 import gevent.socket
 import pytest
 from gevent.event import Event
-from loguru import logger
 
-import greenockam
 from greenockam import (
     Node,
     ReceiveTimeout,
+    RegistrationFailed,
     Route,
     TransportMessage,
     Worker,
 )
-from greenockam.hub import ForwarderInfo, Hub, RegistrationFailed, RemoteForwarder
+from greenockam.hub import ForwarderInfo, Hub, RemoteForwarder
 from greenockam.transport.tcp import TcpTransport
 from greenockam.wire import decode_body
-from helpers import bare_str, recv_frame, ref_frame
+from helpers import (
+    ROOT,
+    Echo,
+    Process,
+    bare_str,
+    recv_frame,
+    ref_frame,
+    run_process,
+    run_script,
+    start_script,
+    start_server,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(ROOT, "scripts")
 T = 30.0  # seconds: the bound on any single wait
-
-ENV = dict(os.environ)
-if os.path.dirname(os.path.dirname(os.path.abspath(greenockam.__file__))) == ROOT:
-    ENV["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 with open(os.path.join(ROOT, "tests", "hub_vectors.json"), encoding="utf-8") as _f:
     VECTORS = json.load(_f)
@@ -63,17 +67,6 @@ RUST = os.environ.get(
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Echoer(Worker):
-    """Answers every message with its body and remembers the bodies."""
-
-    def __init__(self):
-        self.seen = []
-
-    def handle_message(self, ctx, msg):
-        self.seen.append(msg.body)
-        ctx.reply(msg, msg.body)
-
-
 class Net:
     """The hub node and client nodes of one test, all stopped at the end."""
 
@@ -83,9 +76,9 @@ class Net:
         self.forwarders = []
         self.tcp = {}
 
-    def start_hub(self, mark="random", address="127.0.0.1:0", **options):
+    def start_hub(self, mark="random", confine=True, address="127.0.0.1:0", **options):
         node = self.node()
-        self.hub_address = self.tcp[node].listen(address, mark=mark)
+        self.hub_address = self.tcp[node].listen(address, mark=mark, confine=confine)
         self.hub_node = node
         self.hub = Hub(node, **options)
         return self.hub
@@ -97,9 +90,9 @@ class Net:
         return node
 
     def registrant(self, destination="echoer", **options):
-        """A node with an Echoer at ``destination`` registered at the hub."""
+        """A node with an Echo at ``destination`` registered at the hub."""
         node = self.node()
-        echoer = Echoer()
+        echoer = Echo()
         node.start_worker(destination, echoer)
         rf = RemoteForwarder.create(node, self.hub_address, destination, timeout=T, **options)
         self.forwarders.append(rf)
@@ -280,14 +273,14 @@ def test_a_registered_worker_is_reachable_through_its_forwarder(net):
     assert str(reply.return_route[2]) == "0#echoer"
     # what follows the forwarder in the onward route is dropped, as in 2021
     assert a.request(net.route(rf.info.remote_address, "elsewhere"), "2", timeout=T).body == "2"
-    assert echoer.seen == ["Hello", "2"]
+    assert echoer.bodies == ["Hello", "2"]
     # the sender can go on replying along the route it was handed
     assert a.request(reply.return_route, "again", timeout=T).body == "again"
     assert net.hub.statistics()["forwarded"] == 2
 
 
-class Opened(Echoer):
-    """An Echoer that starts by answering "opened" along ``route``."""
+class Opened(Echo):
+    """An Echo that starts by answering "opened" along ``route``."""
 
     def __init__(self, route):
         super().__init__()
@@ -345,9 +338,9 @@ def test_a_context_on_the_hub_node_itself_can_register(net):
 
 
 def test_hub_limits_must_be_positive(node):
-    for option in ("max_forwarders", "max_forwarders_per_connection", "max_grants_per_connection"):
+    for option in ("max_forwarders", "max_forwarders_per_connection"):
         with pytest.raises(ValueError, match=option):
-            Hub(node, **{option: 0})  # type: ignore[arg-type]  # one int option at a time
+            Hub(node, **{option: 0})
     assert node.statistics()["endpoints"] == 0
 
 
@@ -361,7 +354,7 @@ def test_every_registration_gets_a_new_forwarder(net):
     for rf in (rf1, rf2):
         info = registered(rf)
         assert a.request(info.forwarding_route, info.remote_address, timeout=T).body
-    assert echoer.seen == [registered(rf1).remote_address, registered(rf2).remote_address]
+    assert echoer.bodies == [registered(rf1).remote_address, registered(rf2).remote_address]
     assert net.hub.statistics()["forwarders"] == 2
 
 
@@ -451,7 +444,7 @@ def test_a_sender_cannot_reach_a_registrants_other_workers_with_its_mark(net):
         secret.receive_nowait()  # "after" went over the same connections, behind "attack"
     assert dropped(net.hub_node, "confined") == 1
     assert a.request(handed, "along the handed route", timeout=T).body == "along the handed route"
-    assert echoer.seen == ["hello", "after", "along the handed route"]
+    assert echoer.bodies == ["hello", "after", "along the handed route"]
 
 
 def test_without_confinement_the_learned_mark_reaches_any_worker(net):
@@ -462,21 +455,27 @@ def test_without_confinement_the_learned_mark_reaches_any_worker(net):
     assert secret.receive(timeout=T).body == "attack"
 
 
-def test_with_peer_marks_the_hub_cannot_confine_and_says_so(net):
-    lines = []
-    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
-    logger.enable("greenockam")
-    try:
-        net.start_hub(mark="peer")
-        a, secret, _, _, handed = learned_mark(net)
-        assert str(handed[1]).startswith("1#127.0.0.1:")
-        a.send(Route([handed[0], handed[1], "secret"]), "attack")
-        assert secret.receive(timeout=T).body == "attack"
-        net.node().request(net.route("echo_service"), "x", timeout=T)
-    finally:
-        logger.disable("greenockam")
-        logger.remove(sink)
-    assert sum("cannot be confined" in line for line in lines) == 1
+def test_with_peer_marks_confinement_still_holds(net):
+    """Marked 1#ip:port, B's connection is known to A and guessable by anyone; confinement
+    still lets A only reply along what it was handed."""
+    net.start_hub(mark="peer")
+    a, secret, echoer, rf, handed = learned_mark(net)
+    assert str(handed[1]).startswith("1#127.0.0.1:")
+    a.send(Route([handed[0], handed[1], "secret"]), "attack")
+    net.node().send(handed, "from a client that guessed the port")
+    assert a.request(handed, "along the handed route", timeout=T).body == "along the handed route"
+    assert echoer.bodies == ["hello", "along the handed route"]
+    assert dropped(net.hub_node, "confined") == 2
+    with pytest.raises(ReceiveTimeout):
+        secret.receive_nowait()
+
+
+def test_with_peer_marks_and_no_confinement_the_hub_is_the_2021_open_relay(net):
+    """The control for the test above (docs/hub.md, "Weaknesses")."""
+    net.start_hub(mark="peer", confine=False)
+    a, secret, _, _, handed = learned_mark(net)
+    a.send(Route([handed[0], handed[1], "secret"]), "attack")
+    assert secret.receive(timeout=T).body == "attack"
 
 
 def test_a_third_client_cannot_use_a_leaked_route(net):
@@ -485,7 +484,7 @@ def test_a_third_client_cannot_use_a_leaked_route(net):
     c = net.node()
     c.send(handed, "leaked")  # the exact route A was handed, from another connection
     assert c.request(rf.info.forwarding_route, "legit", timeout=T).body == "legit"
-    assert echoer.seen == ["hello", "legit"]
+    assert echoer.bodies == ["hello", "legit"]
     assert dropped(net.hub_node, "confined") == 1
 
 
@@ -517,7 +516,7 @@ def test_echo_service_answers_only_the_sender(net):
         TransportMessage(net.route("echo_service"), handed.pop_front(), bare_str("reflect"))
     )
     assert a.request(rf.info.forwarding_route, "after", timeout=T).body == "after"
-    assert echoer.seen == ["hello", "after"]
+    assert echoer.bodies == ["hello", "after"]
     assert net.hub.statistics()["echoed"] == 1
     assert dropped(a, "unknown_address") == before + 1  # the echo came back to A
 
@@ -597,80 +596,22 @@ def test_a_registrants_forwarders_go_when_its_connection_closes(net):
     assert dropped(net.hub_node, "unknown_address") == 1
 
 
-class Process:
-    """A subprocess whose stdout lines are read without blocking this process's greenlets (an
-    in-process hub goes on running meanwhile)."""
-
-    def __init__(self, argv, **options):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, **options)
-        self.pid = self.proc.pid
-        self._pending = b""
-
-    def line(self):
-        """The next line on stdout, stripped, or None at its end."""
-        assert self.proc.stdout is not None  # stdout=PIPE
-        fd = self.proc.stdout.fileno()
-        with gevent.Timeout(T, AssertionError(f"no line from {self.proc.args!r}")):
-            while b"\n" not in self._pending:
-                gevent.socket.wait_read(fd)
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    return None
-                self._pending += chunk
-        line, self._pending = self._pending.split(b"\n", 1)
-        return line.decode(errors="replace").strip()
-
-    def kill(self):
-        self.proc.kill()
-
-    def stop(self, sig=signal.SIGTERM):
-        """Signal the process if it still runs and wait for it; its exit status."""
-        proc = self.proc
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        try:
-            return proc.wait(timeout=T)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-
-def start_script(name, *args):
-    return Process(
-        [sys.executable, os.path.join(SCRIPTS, name), *args],
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        env=ENV,
-    )
-
-
-def first_line(proc):
-    line = proc.line()
-    assert line, f"{proc.proc.args} exited with {proc.proc.wait()}"
-    return line
-
-
 def test_a_registrant_killed_with_sigkill_leaves_nothing_at_the_hub(net):
     net.start_hub()
     a = net.node()
     assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
     baseline = (net.hub.statistics(), net.hub_node.statistics()["endpoints"])
-    server = start_script("echo_server.py", "--hub", net.hub_address, "--log-level", "WARNING")
-    try:
-        forwarder = first_line(server)
+    args = ["--hub", net.hub_address, "--log-level", "WARNING"]
+    with start_script("echo_server.py", *args) as server:
+        forwarder = server.first_line()
         route = net.route(forwarder)
         assert a.request(route, "through the hub", timeout=T).body == "through the hub"
         closed = net.closed_at_hub(net.hub.forwarders[forwarder][0])
-        server.kill()
+        server.send_signal(signal.SIGKILL)
         assert closed.wait(T)
-    finally:
-        server.stop(signal.SIGKILL)
-    stats = net.hub.statistics()
-    assert stats["forwarders"] == baseline[0]["forwarders"] == 0
-    assert (stats["guarded_connections"], stats["grants"]) == (1, 0)  # A's, with nothing to B
+    assert net.hub.statistics()["forwarders"] == baseline[0]["forwarders"] == 0
+    stats = net.tcp[net.hub_node].statistics()
+    assert (stats["confined_connections"], stats["grants"]) == (1, 0)  # A's, with nothing to B
     assert net.hub_node.statistics()["endpoints"] == baseline[1]
     a.send(route, "stale")
     assert a.request(net.route("echo_service"), "next", timeout=T).body == "next"
@@ -692,7 +633,7 @@ def test_the_remote_forwarder_registers_again_after_the_hub_restarts(net):
     assert rf.info == second
     a = net.node()
     assert a.request(second.forwarding_route, "back", timeout=T).body == "back"
-    assert echoer.seen == ["back"]
+    assert echoer.bodies == ["back"]
 
 
 def test_stopping_a_remote_forwarder_removes_its_address(net):
@@ -740,16 +681,16 @@ def rss_kib(pid):
 def test_a_thousand_registrants_each_answer_through_their_forwarder(net, record_property):
     if not os.path.exists("/proc/self/status"):
         pytest.skip("needs /proc to read the hub's memory")
-    hub = start_script("hub.py", "127.0.0.1:0", "--log-level", "WARNING")
+    hub = start_server("hub.py", "127.0.0.1:0", "--log-level", "WARNING")
     try:
-        net.hub_address = first_line(hub).rsplit(" ", 1)[1]
+        net.hub_address = hub.address
         a = net.node()
         assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
         before = rss_kib(hub.pid)
         infos = []
         for _ in range(20):  # 20 connections of 50 registrants (the per-connection limit is 64)
             node = net.node()
-            node.start_worker("echoer", Echoer())
+            node.start_worker("echoer", Echo())
             for _ in range(50):
                 rf = RemoteForwarder.create(node, net.hub_address, "echoer", timeout=T)
                 net.forwarders.append(rf)
@@ -787,10 +728,10 @@ def test_a_thousand_registrant_connections_each_answer_through_their_forwarder(
 ):
     if not os.path.exists("/proc/self/status"):
         pytest.skip("needs /proc to read the hub's memory")
-    hub = start_script("hub.py", "127.0.0.1:0", "--log-level", "WARNING")
+    hub = start_server("hub.py", "127.0.0.1:0", "--log-level", "WARNING")
     echoers = []
     try:
-        net.hub_address = first_line(hub).rsplit(" ", 1)[1]
+        net.hub_address = hub.address
         a = net.node()
         assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
         before = rss_kib(hub.pid)
@@ -820,37 +761,19 @@ def test_a_thousand_registrant_connections_each_answer_through_their_forwarder(
 # --- the scripts --------------------------------------------------------------------------------
 
 
-def run_script(name, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, name), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ENV,
-        timeout=T,
-    )
-
-
 @contextlib.contextmanager
 def hub_script(*args, address="127.0.0.1:0"):
-    proc = start_script("hub.py", address, "--log-level", "WARNING", *args)
-    try:
-        line = first_line(proc)
-        match = re.fullmatch(r"hub listening on (\S+)", line)
-        assert match, line
-        yield match.group(1)
-    finally:
+    with start_server("hub.py", address, "--log-level", "WARNING", *args) as proc:
+        yield proc.address
         assert proc.stop() == 0
 
 
 @contextlib.contextmanager
 def echo_server_behind(hub):
-    proc = start_script("echo_server.py", "--hub", hub, "--log-level", "WARNING")
-    try:
-        forwarder = first_line(proc)
+    with start_script("echo_server.py", "--hub", hub, "--log-level", "WARNING") as proc:
+        forwarder = proc.first_line()
         assert re.fullmatch(r"[0-9a-f]{16}", forwarder), forwarder
         yield forwarder
-    finally:
         assert proc.stop() == 0
 
 
@@ -863,21 +786,19 @@ def test_the_echo_client_reaches_an_echo_server_behind_the_hub():
 
 
 def test_the_echo_server_prints_its_new_forwarder_after_the_hub_restarts():
-    server = None
-    try:
+    with contextlib.ExitStack() as stack:
         with hub_script() as hub:
             server = start_script("echo_server.py", "--hub", hub, "--log-level", "WARNING")
-            first = first_line(server)
+            stack.enter_context(server)
+            first = server.first_line()
         with hub_script(address=hub):
-            second = first_line(server)
-            assert second != first
+            second = server.line(1)
+            assert second is not None and second != first
             result = run_script(
                 "echo_client.py", "--route", f"1#{hub} => {second}", "--message", "again"
             )
             assert (result.returncode, result.stdout) == (0, "again\n"), result.stderr
-    finally:
-        if server is not None:
-            assert server.stop() == 0
+        assert server.stop() == 0
 
 
 def test_the_echo_server_exits_1_when_the_hub_is_unreachable():
@@ -914,12 +835,11 @@ def run_rust(program, *args):
     """Run a Rust program to its end under ``timeout`` (they wait forever without an answer)."""
     path = rust(program)
     for _ in range(3):
-        result = subprocess.run(
+        result = run_process(
             ["timeout", str(int(T)), path, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=dict(ENV, OCKAM_LOG="warn"),
+            timeout=2 * T,
+            merge_stderr=True,
+            env=subprocess_env(OCKAM_LOG="warn"),
         )
         if result.returncode == 126 or "error while loading shared libraries" in result.stdout:
             pytest.skip(f"the Rust program cannot run here: {result.stdout.strip()[:200]}")
@@ -937,18 +857,19 @@ def rust_registered_echoer(hub):
     for _ in range(3):
         proc = Process(
             ["timeout", str(int(T * 3)), path, hub],
-            stderr=subprocess.STDOUT,
-            env=dict(ENV, OCKAM_LOG="warn"),
+            merge_stderr=True,
+            env=subprocess_env(OCKAM_LOG="warn"),
         )
         try:
             forwarder = None
-            line = proc.line()
-            while line is not None:
+            for index in itertools.count():
+                line = proc.line(index)
+                if line is None:
+                    break
                 output.append(line)
                 if line.startswith("FORWARDER "):
                     forwarder = line.split()[1]
                     break
-                line = proc.line()
             if forwarder is not None:
                 yield forwarder
                 return

@@ -9,6 +9,7 @@ provides (a ``Source`` for ``Node.deliver`` and a ``Transport`` for ``register_t
 import json
 import re
 import time
+from typing import Optional
 
 import gevent
 import pytest
@@ -135,6 +136,8 @@ class RecordingSource:
 
     Records the calls; ``depth`` (optional callable) is sampled at each call.
     """
+
+    mark: Optional[Address] = None  # not a connection of a transport
 
     def __init__(self, peer="127.0.0.1:54321", depth=None):
         self.peer = peer

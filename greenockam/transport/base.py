@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Protocol, Set
 from ..address import Address, Route
 from ..wire import TransportMessage
 
-__all__ = ["Source", "Transport", "Outlet", "Endpoint", "Held", "Cancel"]
+__all__ = ["Source", "Vouched", "Transport", "Outlet", "Endpoint", "Held", "Cancel"]
 
 Outlet = Callable[[bytes], bool]
 """A transport's fast path for one local sender along one pair of routes: takes an encoded
@@ -31,9 +31,18 @@ Cancel = Callable[[], None]
 
 
 class Source(Protocol):
-    """Where network messages come from: a connection that can be read, paused and resumed."""
+    """Where network messages come from: a connection that can be read, paused and resumed.
+
+    Attributes:
+        peer: who is on the other side, for logs.
+        mark: the address this source puts at the front of the return route of what it brings
+            (its connection's mark, docs/protocol.md section 6), or None for a source inside
+            this node (a worker's forward, a :class:`Vouched` re-routing): a transport that
+            confines connections trusts such a source as it trusts a local sender.
+    """
 
     peer: str
+    mark: Optional[Address]
 
     def read(self) -> List[TransportMessage]:
         """Read what is available without blocking and return the messages it completes.
@@ -47,6 +56,44 @@ class Source(Protocol):
 
     def resume(self) -> None:
         """Read again."""
+
+
+class Vouched:
+    """``source`` as seen through a local endpoint that re-routes its messages on its own
+    authority, such as a hub's forwarder sending to the route its registrant gave it.
+
+    What the endpoint sends with a :class:`Vouched` source passes the confinement of a
+    transport (docs/protocol.md, section 6) as a local sender's would, and keeps ``source``'s
+    flow control: pausing or resuming it pauses or resumes ``source``, and it equals ``source``
+    in a :class:`Held` set. Make one per message (it is cheap); never hand one to code that
+    does not vouch for the message.
+    """
+
+    __slots__ = ("source", "peer")
+
+    mark: Optional[Address] = None
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.peer = source.peer
+
+    def __repr__(self) -> str:
+        return f"<Vouched {self.source!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return self.source == (other.source if isinstance(other, Vouched) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def read(self) -> List[TransportMessage]:
+        return []
+
+    def pause(self) -> None:
+        self.source.pause()
+
+    def resume(self) -> None:
+        self.source.resume()
 
 
 class Transport(Protocol):

@@ -11,6 +11,12 @@ The only module of greenockam that touches sockets. It follows docs/protocol.md 
   :class:`~greenockam.wire.FrameDecoder` that prepends ``1#<peer>`` to every return route. No
   greenlet per connection. An accepted connection is keyed by the peer as Rust prints it
   (``127.0.0.1:54321``, ``[::1]:54321``), so replies go back over the same socket.
+* Confinement: a listener may confine the connections it accepts (docs/protocol.md, section 6,
+  "Confinement"). A confined connection is written only what a local sender sends, what a
+  local endpoint re-routes on its own authority (a :class:`~greenockam.transport.base.Vouched`
+  source), what it sent itself, and replies along a mark that this transport handed to the
+  connection the reply comes from: writing a frame whose return route holds a confined mark
+  *grants* that mark, with the hop after it, to the connection written to.
 
 Writes are never made from the sending greenlet: frames are appended to the connection's output
 list and one hub callback per loop iteration sends them all with a single ``send`` (coalescing,
@@ -75,6 +81,7 @@ __all__ = ["TcpTransport", "Connection", "parse_host_port", "format_peer"]
 _CONNECTING, _OPEN, _CLOSED = 0, 1, 2
 _watch_keys = itertools.count()
 _GONE_LIMIT = 4096  # closed client connections remembered so that replies never dial them
+_Grant = Tuple[Address, ...]  # a confined mark and the hop after it (if any): what a reply names
 
 
 def parse_host_port(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
@@ -106,12 +113,16 @@ class Connection:
         mark: the address this connection is named by in return routes (docs/protocol.md,
             section 6): ``1#<peer>``, or a random local address for a listener that marks
             its connections so.
+        confined: True if it was accepted on a listener that confines its connections (see
+            :meth:`TcpTransport.listen`).
     """
 
     __slots__ = (
         "peer",
         "accepted",
         "mark",
+        "confined",
+        "_granted",
         "_transport",
         "_node",
         "_loop",
@@ -133,11 +144,18 @@ class Connection:
     )
 
     def __init__(
-        self, transport: TcpTransport, peer: str, accepted: bool, mark: Optional[Address] = None
+        self,
+        transport: TcpTransport,
+        peer: str,
+        accepted: bool,
+        mark: Optional[Address] = None,
+        confined: bool = False,
     ) -> None:
         self.peer = peer
         self.accepted = accepted
         self.mark = Address(TCP, peer) if mark is None else mark
+        self.confined = confined
+        self._granted: Optional[Route] = None  # the return route last granted to it
         self._transport = transport
         self._node = transport.node
         self._loop = get_hub().loop
@@ -209,7 +227,11 @@ class Connection:
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, frame: bytes) -> None:
-        """Queue a frame; it goes out with the others queued in this loop iteration."""
+        """Queue a frame; it goes out with the others queued in this loop iteration. On a
+        closed connection the frame is dropped and counted (``connection_closed``)."""
+        if self._state == _CLOSED:
+            self._node.count_drop("connection_closed")
+            return
         self._out.append(frame)
         self._out_bytes += len(frame)
         if not self._flush_pending and self._state == _OPEN:
@@ -383,18 +405,32 @@ class Connection:
 
 class _Mark(Endpoint):
     """The random mark of an accepted connection: a local endpoint that writes what is sent to
-    it on that connection (see :meth:`TcpTransport.listen`)."""
+    it on that connection (see :meth:`TcpTransport.listen`). It keeps the routes it wrote last,
+    encoded: what goes to one connection mostly repeats them (a decoder's route objects)."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_onward", "_return", "_routes_raw")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._onward: Optional[Route] = None
+        self._return: Optional[Route] = None
+        self._routes_raw = b""
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        transport = self._conn._transport
-        frame = transport._frame(message, source)
+        conn = self._conn
+        transport = conn._transport
+        if conn.confined and source is not None and not transport._admits(conn, message, source):
+            transport.node.drop("confined", message, source)
+            return
+        onward, ret = message[1], message[2]
+        if onward is not self._onward or ret is not self._return:
+            self._routes_raw = encode_route(onward[1:]) + encode_route(ret)
+            self._onward, self._return = onward, ret
+        frame = transport._frame(message, source, self._routes_raw)
         if frame is not None:
-            transport.write(self._conn, frame, source)
+            if transport._confined:
+                transport._grant(conn, message[2])
+            transport.write(conn, frame, source)
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         return self._conn.on_close(callback)
@@ -421,6 +457,10 @@ class TcpTransport:
     Attributes:
         high_water: bytes queued on one connection before local senders wait and forwarding
             connections pause (1 MiB).
+        max_grants: confined marks (each with the hop after it) one connection remembers that
+            it may reply along (1024; the least recently granted is forgotten first).
+        max_grant_hop: the longest hop, in characters, that a grant records after a mark (255);
+            a return route with a longer one grants nothing, so a reply along it is confined.
         read_size: bytes asked of each ``recv`` (64 KiB).
         backlog: the listener's ``listen()`` backlog (1024).
     """
@@ -428,6 +468,8 @@ class TcpTransport:
     high_water = 1 << 20
     read_size = 65536
     backlog = 1024
+    max_grants = 1024
+    max_grant_hop = 255
 
     def __init__(
         self,
@@ -448,6 +490,11 @@ class TcpTransport:
         # ip:port of accepted connections that closed, oldest first: never dialed back.
         self._gone: Dict[str, None] = {}
         self._accepted: Set[Connection] = set()
+        self._confined: Dict[Address, Connection] = {}  # mark -> open confined connection
+        # Confinement's grants: holder's mark -> what it may reply along, least recent first;
+        # and confined mark -> holder's mark -> how many of the holder's grants name it.
+        self._grants: Dict[Address, Dict[_Grant, None]] = {}
+        self._holders: Dict[Address, Dict[Address, int]] = {}
         self._servers: List[StreamServer] = []
         self._greenlets = Group()
         self._counters: Dict[str, int] = {}
@@ -464,7 +511,9 @@ class TcpTransport:
 
     # -- listener ---------------------------------------------------------------------------
 
-    def listen(self, address: str = "127.0.0.1:0", mark: str = "peer") -> str:
+    def listen(
+        self, address: str = "127.0.0.1:0", mark: str = "peer", confine: bool = False
+    ) -> str:
         """Accept connections on ``host:port`` (port 0 picks a free one; the host defaults to
         127.0.0.1). Returns the bound address as ``host:port``.
 
@@ -473,11 +522,17 @@ class TcpTransport:
         ``1#<ip:port>`` of the client, which anyone may also name as a next hop; ``"random"``
         prepends an unguessable local address (32 hex characters) that only a reply along that
         return route reaches, so no client can write into another's connection.
+
+        ``confine`` (default False) confines the accepted connections (docs/protocol.md,
+        section 6, "Confinement"): another connection may write to one only along a mark this
+        transport handed to it, with the hop that followed the mark; anything else from the
+        network is dropped and counted (``confined``). Local senders, and local endpoints that
+        re-route with a :class:`~greenockam.transport.base.Vouched` source, are not confined.
         """
         if mark not in ("peer", "random"):
             raise ValueError(f"mark must be 'peer' or 'random', got {mark!r}")
         host, port = parse_host_port(address)
-        accept = self._accept if mark == "peer" else self._accept_marked
+        accept = partial(self._accept if mark == "peer" else self._accept_marked, confine)
         server = StreamServer((host, port), accept, backlog=self.backlog)
         server.start()
         self._servers.append(server)
@@ -485,14 +540,14 @@ class TcpTransport:
         logger.info("listening on {}", bound)
         return bound
 
-    def _accept(self, gsock: Any, sockaddr: Any) -> None:
+    def _accept(self, confine: bool, gsock: Any, sockaddr: Any) -> None:
         """The StreamServer's handler for ``mark="peer"``: register the connection under
         ``ip:port`` and return (the connection needs no greenlet of its own)."""
         sock = self._admit(gsock, sockaddr)
         if sock is None:
             return
         peer = format_peer(sockaddr)
-        conn = Connection(self, peer, accepted=True)
+        conn = Connection(self, peer, accepted=True, confined=confine)
         previous = self._connections.get(peer)
         if previous is not None:
             previous.close("replaced by a new connection from the same address")
@@ -500,14 +555,14 @@ class TcpTransport:
         self._gone.pop(peer, None)
         self._start_accepted(conn, sock)
 
-    def _accept_marked(self, gsock: Any, sockaddr: Any) -> None:
+    def _accept_marked(self, confine: bool, gsock: Any, sockaddr: Any) -> None:
         """The StreamServer's handler for ``mark="random"``: the connection is reachable only
         through its random mark, a local endpoint."""
         sock = self._admit(gsock, sockaddr)
         if sock is None:
             return
         mark = Address(LOCAL, random_address())
-        conn = Connection(self, format_peer(sockaddr), accepted=True, mark=mark)
+        conn = Connection(self, format_peer(sockaddr), accepted=True, mark=mark, confined=confine)
         self.node.start_endpoint(conn.mark, _Mark(conn))
         self._start_accepted(conn, sock)
 
@@ -532,6 +587,8 @@ class TcpTransport:
 
     def _start_accepted(self, conn: Connection, sock: socket.socket) -> None:
         self._accepted.add(conn)
+        if conn.confined:
+            self._confined[conn.mark] = conn
         conn._attach(sock)
         self._count("connections_accepted")
         self.node.faults.info(
@@ -618,18 +675,30 @@ class TcpTransport:
                     raise
                 self.node.drop("stopped", message, source)
                 return
+        elif conn.confined and source is not None and not self._admits(conn, message, source):
+            self.node.drop("confined", message, source)
+            return
+        if self._confined:
+            self._grant(conn, message[2])
         self.write(conn, frame, source)
 
-    def _frame(self, message: TransportMessage, source: Optional[Source]) -> Optional[bytes]:
-        """``message``'s frame without its first hop (docs/protocol.md, rule 3). A body over
-        65535 bytes raises to a local sender (nothing is opened or written) and is dropped when
-        forwarded (None)."""
-        if source is None:
-            return encode_frame(message, pop_first=True)
+    def _frame(
+        self,
+        message: TransportMessage,
+        source: Optional[Source],
+        routes_raw: Optional[bytes] = None,
+    ) -> Optional[bytes]:
+        """``message``'s frame without its first hop (docs/protocol.md, rule 3), behind
+        ``routes_raw`` if the caller has them encoded already. A body over 65535 bytes raises
+        to a local sender (nothing is opened or written) and is dropped when forwarded (None)."""
         try:
-            return encode_frame(message, pop_first=True)
-        except LocalProtocolError as exc:  # a body that grew too big to forward
-            self.node.drop("unsendable", message, exc)
+            if routes_raw is None:
+                return encode_frame(message, pop_first=True)
+            return frame_with_routes(message[0], routes_raw, message[3])
+        except LocalProtocolError as exc:
+            if source is None:
+                raise
+            self.node.drop("unsendable", message, exc)  # a body that grew too big to forward
             return None
 
     def write(self, conn: Connection, frame: bytes, source: Optional[Source]) -> None:
@@ -654,6 +723,77 @@ class TcpTransport:
         if conn._out_bytes > self.high_water:
             conn._held.hold(source)
 
+    # -- confinement ------------------------------------------------------------------------
+
+    def _admits(self, conn: Connection, message: TransportMessage, source: Source) -> bool:
+        """Whether ``message``, forwarded from ``source``, may be written on the confined
+        ``conn``: ``source`` is inside this node, is ``conn`` itself, or was granted the mark
+        and hop that ``message``'s onward route starts with."""
+        mark = source.mark
+        if mark is None or mark == conn.mark:
+            return True
+        grants = self._grants.get(mark)
+        return grants is not None and message[1][:2] in grants
+
+    def _grant(self, conn: Connection, ret: Route) -> None:
+        """``ret`` is the return route of a frame written on ``conn``: grant ``conn`` every
+        confined mark in it (but its own), with the hop after the mark."""
+        if ret is conn._granted:
+            return  # a decoder repeats its route objects: granted last time, still the newest
+        conn._granted = ret
+        confined = self._confined
+        holder = conn.mark
+        for i, hop in enumerate(ret):
+            if hop not in confined or hop == holder:
+                continue
+            grant = ret[i : i + 2]
+            if len(grant) > 1 and len(grant[1][1]) > self.max_grant_hop:
+                continue
+            grants = self._grants.get(holder)
+            if grants is None:
+                grants = self._grants[holder] = {}
+            if grant in grants:
+                del grants[grant]  # granted again: now the most recent
+            else:
+                if len(grants) >= self.max_grants:
+                    oldest = next(iter(grants))
+                    del grants[oldest]
+                    self._unhold(oldest[0], holder)
+                counts = self._holders.get(hop)
+                if counts is None:
+                    counts = self._holders[hop] = {}
+                counts[holder] = counts.get(holder, 0) + 1
+            grants[grant] = None
+
+    def _unhold(self, mark: Address, holder: Address) -> None:
+        """One grant of ``mark`` to ``holder`` is gone."""
+        counts = self._holders.get(mark)
+        if counts is None:
+            return
+        left = counts.get(holder, 0) - 1
+        if left > 0:
+            counts[holder] = left
+        else:
+            counts.pop(holder, None)
+            if not counts:
+                del self._holders[mark]
+
+    def _forget_grants(self, mark: Address) -> None:
+        """The connection marked ``mark`` closed: forget what it was granted, and every grant
+        of its mark to another connection."""
+        grants = self._grants.pop(mark, None)
+        for grant in grants or ():
+            counts = self._holders.get(grant[0])
+            if counts is not None:
+                counts.pop(mark, None)
+                if not counts:
+                    del self._holders[grant[0]]
+        for holder in self._holders.pop(mark, ()):
+            held = self._grants.get(holder)
+            if held is not None:
+                for grant in [g for g in held if g[0] == mark]:
+                    del held[grant]
+
     def _may_dial(self, peer: str) -> bool:
         """The connect policy for a forwarded message's next hop that has no connection."""
         policy = self.dial_for_forward
@@ -668,6 +808,8 @@ class TcpTransport:
         conn = self._connections.get(route[0][1])
         if conn is None or conn._state != _OPEN:
             return None
+        if self._confined and any(hop in self._confined for hop in return_route):
+            return None  # every send must grant what it hands out: the full path does
         return partial(conn.write_message, encode_route(route[1:]) + encode_route(return_route))
 
     def on_close(self, address: Address, callback: Callable[[], None]) -> Optional[Cancel]:
@@ -697,7 +839,10 @@ class TcpTransport:
                     del self._gone[next(iter(self._gone))]
                 self._gone[conn.peer] = None
         self._accepted.discard(conn)
-        if conn.mark[0] == LOCAL and conn.mark[1] in self.node.endpoints:
+        if self._confined.get(conn.mark) is conn:
+            del self._confined[conn.mark]
+        self._forget_grants(conn.mark)
+        if conn.mark[0] == LOCAL and self.node.endpoint(conn.mark) is not None:
             self.node.stop_endpoint(conn.mark)
 
     def _count(self, what: str, n: int = 1) -> None:
@@ -709,15 +854,18 @@ class TcpTransport:
         return dict(self._connections)
 
     def statistics(self) -> Dict[str, Any]:
-        """Plain numbers: ``connections`` open now, ``listeners``, and counters
+        """Plain numbers: ``connections`` open now, ``listeners``, ``confined_connections``
+        open now, ``grants`` held by open connections (see :meth:`listen`), and counters
         (``connections_accepted``, ``connections_opened``, ``connect_failures``,
         ``connections_refused``, ``malformed_frames``, ``replies_to_gone``: messages to a client
         that connected and left, refused without dialing it). Messages this transport could not
         carry are counted with the node's (``Node.statistics()["dropped"]``: ``connect_failed``,
-        ``unsendable``)."""
+        ``unsendable``, ``confined``, ``connection_closed``)."""
         stats: Dict[str, Any] = {
             "connections": len(self._connections),
             "listeners": len(self._servers),
+            "confined_connections": len(self._confined),
+            "grants": sum(len(grants) for grants in self._grants.values()),
         }
         stats.update(self._counters)
         return stats

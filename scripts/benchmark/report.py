@@ -118,6 +118,14 @@ ROWS: Tuple[Row, ...] = (
     Row("bytes_per_idle_conn", "server RSS per idle conn, {idle_n:,}", "bytes", ",.0f", "idle",
         "bytes_per_conn", LOWER, baseline="idle", ratio="bytes_per_idle_conn_ratio",
         target=20480.0),
+    # Pipelined through a hub, against the same client straight to the same echoer in the same
+    # run (greenockam only: the ratio is each run's own, then the median).
+    Row("hub_per_s", "pipelined through the hub, {pipelined_n:,} msgs", "msg/s", ",.0f", "hub",
+        "per_s"),
+    Row("hub_direct_per_s", "  the same client straight to the echoer", "msg/s", ",.0f", "hub",
+        "direct_per_s"),
+    Row("hub_ratio", "  through the hub / straight", "x", ".3f", "hub", "ratio", target=0.5),
+    Row("hub_cpu_us", "  hub CPU per message", "µs", ".2f", "hub", "hub_cpu_us", LOWER),
     # In-process figures (the codec phase: codec.MEASURES), greenockam only.
     Row("codec_encode_ns", "codec encode, reply popped", "ns", ",.0f", "codec", "encode_ns",
         LOWER),

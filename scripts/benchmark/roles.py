@@ -10,6 +10,10 @@ The greenockam clients are a ``Node`` + ``TcpTransport`` per connection using ``
 ``node.receive``; the greenockam server is ``scripts/echo_server.py`` (started by
 :mod:`.runner`). A client measures one phase, writes its result as one JSON line
 (:func:`.common.emit`) and exits; the result's fields are what :mod:`.report`'s rows read.
+
+The hub phase (greenockam only) has a server of its own, :func:`run_hub_echoer`: an echo worker
+that both listens and is registered at a hub (``scripts/hub.py``), so that one client can send
+to it straight and through the hub in the same run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .common import MESSAGE, emit, greenockam_frames, raise_nofile
 
-PHASES = ("rtt", "pipelined", "conns", "idle")  # what a client process can measure
+PHASES = ("rtt", "pipelined", "conns", "idle", "hub")  # what a client process can measure
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -110,6 +114,37 @@ def run_raw_server(address: str) -> int:
     bound = server.socket.getsockname()
     print(f"raw_echo listening on {bound[0]}:{bound[1]}", flush=True)
     server.serve_forever()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The hub phase's echoer
+# --------------------------------------------------------------------------------------------
+
+
+def run_hub_echoer(address: str, hub: str) -> int:
+    """The hub-echoer role: ``echo_service`` as ``scripts/echo_server.py`` runs it, listening on
+    ``address`` and registered at the hub ``hub``, until killed.
+
+    Prints ``hub_echoer listening on HOST:PORT forwarder F`` once both are ready.
+    """
+    from greenockam import Node, Worker
+    from greenockam.hub import RemoteForwarder
+    from greenockam.transport.tcp import TcpTransport
+
+    class Echo(Worker):
+        def handle_message(self, ctx: Any, msg: Any) -> None:
+            ctx.reply(msg, msg.body)
+
+    raise_nofile()
+    node = Node()
+    bound = TcpTransport(node).listen(address)
+    node.start_worker("echo_service", Echo())
+    forwarder = RemoteForwarder.create(node, hub, "echo_service", reconnect=False)
+    assert forwarder.info is not None
+    print(f"hub_echoer listening on {bound} forwarder {forwarder.info.remote_address}",
+          flush=True)
+    node.serve_forever()
     return 0
 
 
@@ -288,27 +323,69 @@ def client_pipelined(
         node = Node()
         TcpTransport(node, connect_timeout=timeout)
         route = [f"1#{addr}", "echo_service"]
-        for _ in range(100):  # open the connection and warm the path
-            node.send(route, MESSAGE)
-            node.receive(timeout=timeout)
-
-        def sender() -> None:
-            send = node.send
-            for _ in range(n):
-                send(route, MESSAGE)
-
-        receive = node.receive
+        warm_up(node, route, timeout)
         cpu0 = cpu_marks(server_pid)
-        start = pc()
-        g = gevent.spawn(sender)
-        for _ in range(n):
-            reply = receive(timeout=timeout)
-        g.get()
-        total = pc() - start
+        total, ok = gko_pipelined(node, route, n, timeout)
         cpu1 = cpu_marks(server_pid)
-        ok = reply.body == MESSAGE
         node.stop(1)
     return {"per_s": n / (total / 1e9), "n": n, "ok": ok, **cpu_per_msg(cpu0, cpu1, n)}
+
+
+def warm_up(node: Any, route: List[str], timeout: float) -> None:
+    """Open the connection along ``route`` and warm the path: 100 round trips."""
+    for _ in range(100):
+        node.send(route, MESSAGE)
+        node.receive(timeout=timeout)
+
+
+def gko_pipelined(node: Any, route: List[str], n: int, timeout: float) -> Tuple[int, bool]:
+    """A sender greenlet sends ``n`` messages along ``route`` as fast as it can while this
+    greenlet receives the echoes: the nanoseconds it took, and whether the last echo was right."""
+    import gevent
+
+    def sender() -> None:
+        send = node.send
+        for _ in range(n):
+            send(route, MESSAGE)
+
+    receive = node.receive
+    start = time.perf_counter_ns()
+    g = gevent.spawn(sender)
+    for _ in range(n):
+        reply = receive(timeout=timeout)
+    g.get()
+    return time.perf_counter_ns() - start, reply.body == MESSAGE
+
+
+def client_hub(
+    addr: str, hub: str, forwarder: str, n: int, timeout: float, server_pid: int
+) -> Dict[str, Any]:
+    """Pipelined as :func:`client_pipelined` (greenockam), to the hub echoer straight at
+    ``addr`` and then through the hub ``hub`` (process ``server_pid``) to its ``forwarder``:
+    messages/s of each, their ratio, and the hub's CPU per message."""
+    from greenockam import Node
+    from greenockam.transport.tcp import TcpTransport
+
+    node = Node()
+    TcpTransport(node, connect_timeout=timeout)
+    direct = [f"1#{addr}", "echo_service"]
+    through = [f"1#{hub}", forwarder]
+    warm_up(node, direct, timeout)
+    warm_up(node, through, timeout)
+    direct_ns, direct_ok = gko_pipelined(node, direct, n, timeout)
+    cpu0 = cpu_marks(server_pid)
+    hub_ns, hub_ok = gko_pipelined(node, through, n, timeout)
+    cpu1 = cpu_marks(server_pid)
+    node.stop(1)
+    per_s, direct_per_s = n / (hub_ns / 1e9), n / (direct_ns / 1e9)
+    return {
+        "per_s": per_s,
+        "direct_per_s": direct_per_s,
+        "ratio": per_s / direct_per_s,
+        "hub_cpu_us": (cpu1[0] - cpu0[0]) / n * 1e6,
+        "n": n,
+        "ok": direct_ok and hub_ok,
+    }
 
 
 def client_conns(
@@ -428,12 +505,16 @@ def run_client(
     conns: int,
     per_conn: int,
     server_pid: int,
+    hub: str = "",
+    forwarder: str = "",
 ) -> int:
     """The client role: measure ``phase`` against the server at ``addr``, emit the result.
 
-    ``n`` and ``warm`` are the messages (rtt, pipelined) or connections (idle) measured and
-    warmed up with; ``conns`` and ``per_conn`` size the conns phase. The whole phase must end
-    within ``timeout`` seconds. Returns the exit status: 1 if an echo came back wrong.
+    ``n`` and ``warm`` are the messages (rtt, pipelined, hub) or connections (idle) measured and
+    warmed up with; ``conns`` and ``per_conn`` size the conns phase; ``hub`` and ``forwarder``
+    are the hub phase's hub (``server_pid`` is then the hub's) and the echoer's forwarder
+    there. The whole phase must end within ``timeout`` seconds. Returns the exit status: 1 if
+    an echo came back wrong.
     """
     import gevent
 
@@ -447,6 +528,8 @@ def run_client(
             result = client_conns(impl, addr, conns, per_conn, timeout, server_pid)
         elif phase == "idle":
             result = client_idle(addr, n, warm, timeout)
+        elif phase == "hub":
+            result = client_hub(addr, hub, forwarder, n, timeout, server_pid)
         else:
             raise SystemExit(f"unknown phase {phase}")
     if not result.get("ok"):

@@ -3,6 +3,7 @@
 Every server and client is a separate process pinned with ``os.sched_setaffinity`` to a CPU.
 Servers are ``scripts/echo_server.py`` (greenockam) and ``bench.py --role raw-server``; clients
 are ``bench.py --role client`` (:mod:`.roles`) and ``bench.py --role codec`` (:mod:`.codec`).
+The hub phase runs ``scripts/hub.py`` and ``bench.py --role hub-echoer`` as its servers.
 :func:`run_all` runs them interleaved (raw, greenockam, raw, greenockam, ...) and returns every
 run's result, keyed by ``(impl, phase)``, for :mod:`.report`. A hang or a crash of any process is
 a :class:`.common.BenchError`; every process is killed with the parent, even a SIGKILLed one.
@@ -25,6 +26,7 @@ from .common import BenchError, Runs, raise_nofile
 SCRIPTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(SCRIPTS, "bench.py")
 ECHO_SERVER = os.path.join(SCRIPTS, "echo_server.py")
+HUB = os.path.join(SCRIPTS, "hub.py")
 
 SIZES = {
     # figure: (full, quick)
@@ -40,8 +42,10 @@ SIZES = {
 }
 
 # Phases in the order they run in each repetition; rtt_server is the raw client against the
-# greenockam server only (its baseline is the raw rtt run of the same repetition).
-PHASES = ("rtt", "rtt_server", "pipelined", "conns", "idle")
+# greenockam server only (its baseline is the raw rtt run of the same repetition); hub is
+# greenockam only, its baseline measured by the same client in the same run.
+PHASES = ("rtt", "rtt_server", "pipelined", "conns", "idle", "hub")
+GKO_ONLY = ("rtt_server", "hub")
 
 
 def sizes(quick: bool) -> Dict[str, int]:
@@ -204,10 +208,7 @@ def start_server(impl: str, cpu: int, timeout: float) -> Tuple[Proc, str]:
         argv = [sys.executable, ECHO_SERVER, "127.0.0.1:0", "--log-level", "WARNING"]
         prefix = "echo_service listening on "
     proc = Proc(f"{impl} server", argv, cpu)
-    line = proc.readline(timeout)
-    if not line.startswith(prefix):
-        raise BenchError(f"{proc.name}: unexpected first line {line!r}{proc.tail()}")
-    return proc, line[len(prefix) :].strip()
+    return proc, _ready_line(proc, prefix, timeout)
 
 
 def client_argv(impl: str, phase: str, addr: str, timeout: float, **kw: Any) -> List[str]:
@@ -267,6 +268,39 @@ def run_phase(impl: str, phase: str, cpus: Tuple[int, int], sizes: Dict[str, int
         server.stop()
 
 
+def run_hub_phase(cpus: Tuple[int, int], sizes: Dict[str, int], timeout: float) -> Dict[str, Any]:
+    """One run of the hub phase: the hub (``scripts/hub.py``, its defaults: random marks and
+    confinement) and the hub echoer on the server CPU, the client on the client CPU; returns
+    the client's result (:func:`.roles.client_hub`)."""
+    hub = Proc("hub", [sys.executable, HUB, "127.0.0.1:0", "--log-level", "WARNING"], cpus[0])
+    procs = [hub]
+    try:
+        hub_addr = _ready_line(hub, "hub listening on ", 30)
+        echoer = Proc("hub echoer", [sys.executable, BENCH, "--role", "hub-echoer", "--addr",
+                                     "127.0.0.1:0", "--hub", hub_addr], cpus[0])
+        procs.append(echoer)
+        addr, _, forwarder = _ready_line(echoer, "hub_echoer listening on ", 30).partition(
+            " forwarder "
+        )
+        client = Proc("gko hub client",
+                      client_argv("gko", "hub", addr, timeout, n=sizes["pipelined_n"],
+                                  server_pid=hub.pid, hub=hub_addr, forwarder=forwarder),
+                      cpus[1])
+        procs.append(client)
+        return client.result(timeout + 30)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def _ready_line(proc: Proc, prefix: str, timeout: float) -> str:
+    """What follows ``prefix`` on ``proc``'s first line."""
+    line = proc.readline(timeout)
+    if not line.startswith(prefix):
+        raise BenchError(f"{proc.name}: unexpected first line {line!r}{proc.tail()}")
+    return line[len(prefix) :].strip()
+
+
 def run_codec_phase(cpu: int, number: int, timeout: float) -> Dict[str, Any]:
     """One run of the codec role pinned to ``cpu``: its fields (:func:`.codec.measure`)."""
     proc = Proc("codec", [sys.executable, BENCH, "--role", "codec", "--n", str(number)], cpu)
@@ -283,9 +317,12 @@ def run_all(reps: int, cpus: Tuple[int, int], sizes: Dict[str, int], timeout: fl
     runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
     for rep in range(reps):
         for phase in PHASES:
-            for impl in ("gko",) if phase == "rtt_server" else ("raw", "gko"):
+            for impl in ("gko",) if phase in GKO_ONLY else ("raw", "gko"):
                 t0 = time.monotonic()
-                r = run_phase(impl, phase, cpus, sizes, timeout)
+                if phase == "hub":
+                    r = run_hub_phase(cpus, sizes, timeout)
+                else:
+                    r = run_phase(impl, phase, cpus, sizes, timeout)
                 runs.setdefault((impl, phase), []).append(r)
                 shown = (
                     f"{r['bytes_per_conn']:,.0f} B/conn" if phase == "idle"
