@@ -255,7 +255,7 @@ class Context:
     def _expect_reply_over(self, hop: Address) -> Optional[Cancel]:
         """Fail this context's next receive with :class:`ConnectionLost` if the connection the
         reply must come back on closes first."""
-        if hop[0] == LOCAL and hop[1] not in self.node.endpoints:
+        if hop[0] == LOCAL and self.node.endpoint(hop) is None:
             return None  # a local worker: no connection involved
 
         def lost() -> None:

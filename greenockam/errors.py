@@ -35,6 +35,7 @@ __all__ = [
     "OutputFull",
     "SecureChannelError",
     "HandshakeFailed",
+    "HandshakeTimeout",
     "UntrustedPeer",
     "DecryptFailed",
     "ReplayedMessage",
@@ -144,6 +145,11 @@ class HandshakeFailed(SecureChannelError, RemoteProtocolError):
 
     The handshake is left exactly as it was: it still waits for the genuine message.
     """
+
+
+class HandshakeTimeout(SecureChannelError, ReceiveTimeout):
+    """The other end did not complete the handshake within the timeout; the channel end that
+    waited for it is closed."""
 
 
 class UntrustedPeer(HandshakeFailed):

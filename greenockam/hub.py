@@ -29,6 +29,7 @@ from loguru import logger
 
 from .address import LOCAL, TCP, Address, AddressLike, Route
 from .errors import AddressInUse, GreenockamError, NodeStopped, RegistrationFailed
+from .faults import format_traceback
 from .node import Node
 from .transport.base import Cancel, Endpoint, Source, Vouched
 from .transport.tcp import parse_host_port
@@ -457,8 +458,8 @@ class RemoteForwarder(Endpoint):
         if self.on_registered is not None:
             try:
                 self.on_registered(info)
-            except Exception:
-                logger.opt(exception=True).error("on_registered failed for {}", info)
+            except Exception as exc:
+                logger.error("on_registered failed for {}:\n{}", info, format_traceback(exc))
         return info  # type: ignore[no-any-return]
 
     def _connection_closed(self) -> None:

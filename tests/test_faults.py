@@ -9,6 +9,7 @@ import re
 from typing import List
 
 import pytest
+from gevent.event import Event
 from gevent.queue import Queue
 from loguru import logger
 
@@ -265,3 +266,28 @@ def test_a_handler_bug_logs_its_traceback_without_the_payload_even_with_a_diagno
     text = "".join(str(m) for m in out)
     assert "ValueError: handler bug" in text and "Traceback" in text
     assert "hunter2" not in text
+
+
+def test_a_reply_along_the_random_mark_of_a_client_that_left_is_a_fault_not_a_bug(net, logs):
+    node, tcp, _ = net.node()
+    address = tcp.listen("127.0.0.1:0", mark="random")
+    entered, go = Queue(), Queue()
+
+    class Late(Worker):
+        def handle_message(self, ctx, msg):
+            entered.put(msg.return_route[0])
+            go.get(timeout=WAIT)
+            ctx.reply(msg, "too late")
+
+    node.start_worker("late", Late())
+    client = net.connect(address)
+    client.sendall(ref_frame(["0#late"], ["0#client"], bare_str("answer me later")))
+    mark = entered.get(timeout=WAIT)
+    closed = Event()
+    node.on_close(mark, closed.set)
+    client.close()
+    assert closed.wait(WAIT)
+    go.put(True)
+    logs.wait_for("could not answer")
+    assert not any("Traceback" in line for line in logs.lines)
+    assert tcp.statistics()["replies_to_gone"] == 1

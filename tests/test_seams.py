@@ -247,8 +247,27 @@ def test_a_random_mark_names_an_accepted_connection_by_an_unguessable_local_addr
     assert mark[0] == 0 and len(mark[1]) == 32
     assert node.statistics()["endpoints"] == 1
     assert tcp.connections == {}  # not reachable by 1#ip:port
+    closed = Event()
+    node.on_close(mark, closed.set)
     peer.close()
-    poll_until(lambda: node.statistics()["endpoints"] == 0, "the mark goes with its connection")
+    assert closed.wait(WAIT)
+    # The mark now stands for a client that left: a reply along it fails at once, no dialing.
+    with pytest.raises(ConnectionLost):
+        node.send([mark, "client"], "too late")
+    assert tcp.statistics()["replies_to_gone"] == 1
+    tcp.stop()
+    assert node.statistics()["endpoints"] == 1  # left to the node, which clears it on stop
+
+
+def test_a_request_through_an_endpoint_that_stands_for_no_connection_waits_for_its_reply(node):
+    class Relay(Endpoint):  # re-routes to the echoer behind it; no connection involved
+        def handle(self, message, source):
+            onward, ret = message.onward_route.pop_front(), message.return_route
+            node.dispatch(TransportMessage(onward, ret, message.payload))
+
+    node.start_worker("echoer", Echo())
+    node.start_endpoint("relay", Relay())
+    assert node.request(["relay", "echoer"], "through", timeout=WAIT).body == "through"
 
 
 def test_with_random_marks_one_client_cannot_write_into_another_clients_connection(net):

@@ -46,9 +46,9 @@ from ..context import Context
 from ..errors import (
     GreenockamError,
     HandshakeFailed,
+    HandshakeTimeout,
     LocalProtocolError,
     NodeStopped,
-    ReceiveTimeout,
     RemoteProtocolError,
     ReplayedMessage,
     RouteError,
@@ -96,11 +96,6 @@ Trust = Union[None, Iterable[bytes], Callable[[bytes], bool]]
 """Which static keys a channel end accepts from its peer: ``None`` (any: the 2021 behaviour),
 a collection of 32-byte X25519 public keys, or a function of the key that returns True to
 accept it."""
-
-
-class HandshakeTimeout(SecureChannelError, ReceiveTimeout):
-    """The other end did not complete the handshake within the timeout; the channel end that
-    waited for it is closed."""
 
 
 class ListenerMessage(TaggedUnion):

@@ -140,8 +140,14 @@ class Endpoint:
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         """Watch the connection behind this endpoint, if it stands for one (see
-        :meth:`Transport.on_close`); the default: None, nothing to watch."""
-        return None
+        :meth:`Transport.on_close`): None if that connection is closed already. The default, for
+        an endpoint that stands for no connection: nothing to watch, the callback is never
+        called (a function that cancels nothing is returned)."""
+        return _cancel_nothing
+
+
+def _cancel_nothing() -> None:
+    """The cancel function of a watch that will never fire."""
 
 
 class Held(Set[Source]):

@@ -436,6 +436,25 @@ class _Mark(Endpoint):
         return self._conn.on_close(callback)
 
 
+class _GoneMark(Endpoint):
+    """Stands in for the random mark of an accepted connection that closed: what is sent along
+    it fails at once, without a connect attempt (counted as ``replies_to_gone``)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: TcpTransport) -> None:
+        self._transport = transport
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        self._transport._count("replies_to_gone")
+        if source is None:
+            raise ConnectionLost(f"the client marked {printable(message[1][0])} has left")
+        self._transport.node.drop("gone", message, source)
+
+    def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
+        return None  # closed already
+
+
 class TcpTransport:
     """Carries messages whose next hop is ``1#host:port``; registers itself with ``node``.
 
@@ -488,7 +507,9 @@ class TcpTransport:
         )
         self._connections: Dict[str, Connection] = {}
         # ip:port of accepted connections that closed, oldest first: never dialed back.
-        self._gone: Dict[str, None] = {}
+        # ... and the random marks of those that closed, kept as _GoneMark endpoints meanwhile.
+        self._gone: Dict[str, Optional[Address]] = {}
+        self._gone_mark = _GoneMark(self)
         self._accepted: Set[Connection] = set()
         self._confined: Dict[Address, Connection] = {}  # mark -> open confined connection
         # Confinement's grants: holder's mark -> what it may reply along, least recent first;
@@ -835,15 +856,28 @@ class TcpTransport:
         if self._connections.get(conn.peer) is conn:
             del self._connections[conn.peer]
             if conn.accepted:
-                if len(self._gone) >= _GONE_LIMIT:
-                    del self._gone[next(iter(self._gone))]
-                self._gone[conn.peer] = None
+                self._remember_gone(conn.peer, None)
         self._accepted.discard(conn)
         if self._confined.get(conn.mark) is conn:
             del self._confined[conn.mark]
         self._forget_grants(conn.mark)
         if conn.mark[0] == LOCAL and self.node.endpoint(conn.mark) is not None:
+            # A reply along the mark of a client that left fails as ConnectionLost, as with a
+            # 1#peer mark, rather than as an unknown address.
             self.node.stop_endpoint(conn.mark)
+            if not self._stopped:
+                self.node.start_endpoint(conn.mark, self._gone_mark)
+                self._remember_gone(conn.mark[1], conn.mark)
+
+    def _remember_gone(self, key: str, mark: Optional[Address]) -> None:
+        """Remember a client that left (its ``ip:port``, or its random mark), the oldest of
+        :data:`_GONE_LIMIT` forgotten first."""
+        if len(self._gone) >= _GONE_LIMIT:
+            oldest = next(iter(self._gone))
+            old_mark = self._gone.pop(oldest)
+            if old_mark is not None and self.node.endpoint(old_mark) is self._gone_mark:
+                self.node.stop_endpoint(old_mark)
+        self._gone[key] = mark
 
     def _count(self, what: str, n: int = 1) -> None:
         self._counters[what] = self._counters.get(what, 0) + n
