@@ -175,7 +175,7 @@ def test_serve_forever_waits_on_a_node_with_no_listener_until_a_signal(tmp_path)
         "from greenockam import Node\n"
         "node = Node()\n"
         "gevent.spawn(print, 'serving', flush=True)  # runs once serve_forever waits\n"
-        "print(node.serve_forever(), flush=True)\n"
+        "print(int(node.serve_forever()), flush=True)\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", program], stdout=subprocess.PIPE, universal_newlines=True
