@@ -626,8 +626,9 @@ class TcpTransport:
         forwarded (None)."""
         if source is None:
             return encode_frame(message, pop_first=True)
+        cache = source._decoder.route_cache if isinstance(source, Connection) else None
         try:
-            return encode_frame(message, pop_first=True)
+            return encode_frame(message, True, cache)  # a route pair it came with, encoded once
         except LocalProtocolError as exc:  # a body that grew too big to forward
             self.node.drop("unsendable", message, exc)
             return None
