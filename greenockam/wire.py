@@ -114,8 +114,8 @@ class RouteCache:
     __slots__ = ("_decoded", "_encoded")
 
     max_pairs: ClassVar[int] = 16
-    """Route pairs each memory holds before it is emptied (more than the 8 alternating pairs
-    measured in the README)."""
+    """Route pairs each memory holds before it is emptied: a connection that alternates among
+    up to this many pairs parses and encodes each of them once."""
     max_bytes: ClassVar[int] = 256
     """Routes whose encoding (both routes) is longer are parsed or encoded every time."""
 
