@@ -318,18 +318,13 @@ class FrameDecoder:
         return_prefix: an address to prepend to every decoded return route. A TCP connection
             passes ``1#<peer>`` (docs/protocol.md rule 4).
 
-    Attributes:
-        route_cache: this decoder's own :class:`RouteCache`: the frames it decodes with the same
-            route bytes get the same route objects (the return prefix included); give it to
-            :func:`encode_frame` to forward them.
-
     If a body is malformed, ``feed`` raises :class:`RemoteProtocolError` with the messages of the
     same chunk that came before it in ``error.messages``, and the decoder refuses further input:
     the stream cannot be trusted after a bad frame.
     """
 
     __slots__ = (
-        "route_cache",
+        "_cache",
         "_buffer",
         "_needed",
         "_prefix",
@@ -349,7 +344,17 @@ class FrameDecoder:
         self._routes_raw = b""
         self._onward: Route = _new_tuple(Route, ())
         self._return: Route = self._onward
-        self.route_cache = RouteCache()  # for the frames whose routes change
+        self._cache: Optional[RouteCache] = None  # made when first needed
+
+    @property
+    def route_cache(self) -> RouteCache:
+        """This decoder's own :class:`RouteCache`: the frames it decodes with the same route
+        bytes get the same route objects (the return prefix included). Give it to
+        :func:`encode_frame` to forward them."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = RouteCache()
+        return cache
 
     @property
     def buffered(self) -> int:
