@@ -5,6 +5,8 @@ decodes or sends, a flood of distinct routes costs memory on no connection, and 
 pairs decode and encode exactly as without any cache.
 """
 
+from typing import Dict, Tuple
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,7 +47,7 @@ def decode_one(decoder, frame):
 
 def test_alternating_route_pairs_decode_as_sent_and_each_pair_to_one_set_of_objects():
     decoder = FrameDecoder(PREFIX)
-    seen = {}
+    seen: Dict[int, Tuple[Route, Route]] = {}
     for round_ in range(4):
         for i in range(8):
             onward, ret = pair(i)
@@ -107,7 +109,7 @@ def test_a_decoder_remembers_at_most_max_pairs_route_pairs_and_decodes_every_one
 def test_routes_longer_than_max_bytes_are_decoded_every_time_and_not_remembered():
     routes = [(long_route(i), Route(["app"])) for i in range(2)]
     decoder = FrameDecoder()
-    earlier = {}
+    earlier: Dict[int, Route] = {}
     for _ in range(3):
         for i, (onward, ret) in enumerate(routes):
             message = decode_one(decoder, ref_frame(onward, ret, b"p"))
@@ -154,10 +156,12 @@ def test_the_encode_cache_tells_apart_routes_that_share_an_onward_route_object()
 
 def test_an_encode_cache_holds_at_most_max_pairs_and_another_cache_keeps_its_pairs():
     kept = RouteCache()
-    encode_frame(TransportMessage(*pair(0), b"k"), True, kept)
+    onward, ret = pair(0)
+    encode_frame(TransportMessage(onward, ret, b"k"), True, kept)
     flooded = RouteCache()
     for i in range(10 * RouteCache.max_pairs):
-        message = TransportMessage(*pair(i), b"f")
+        onward, ret = pair(i)
+        message = TransportMessage(onward, ret, b"f")
         assert encode_frame(message, True, flooded) == forwarded(message)
         assert len(flooded) <= RouteCache.max_pairs
     assert len(kept) == 1
@@ -183,7 +187,9 @@ def test_any_sequence_of_repeating_route_pairs_decodes_and_forwards_as_without_a
     # cover more distinct pairs than a cache holds.
     pool = [pair(i) for i in range(10)] + [(long_route(i), Route(["app"])) for i in range(2)]
     decoder = FrameDecoder(prefix)
-    stream = b"".join(ref_frame(*pool[k], str(n).encode()) for n, k in enumerate(picks))
+    stream = b"".join(
+        ref_frame(pool[k][0], pool[k][1], str(n).encode()) for n, k in enumerate(picks)
+    )
     messages = decoder.feed(stream)
     assert len(messages) == len(picks)
     for n, (message, k) in enumerate(zip(messages, picks)):
