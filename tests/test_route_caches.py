@@ -1,8 +1,8 @@
 """Route caches are per connection (greenockam.wire.RouteCache): each FrameDecoder remembers the
 route pairs of its own stream, within fixed bounds, and a forwarded message is encoded through the
 cache of the connection it came on. What one connection remembers never changes what another
-decodes or sends, a flood of distinct routes costs memory on no connection, and alternating route
-pairs decode and encode exactly as without any cache.
+decodes or sends, a flood of distinct routes costs no memory past a fixed bound and only on its own
+connection, and alternating route pairs decode and encode exactly as without any cache.
 """
 
 from typing import Dict, Tuple
