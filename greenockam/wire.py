@@ -94,6 +94,9 @@ class TransportMessage(Tuple[int, Route, Route, bytes]):
 
 # --- per-connection route memory ---------------------------------------------------------------
 
+_Encoded = Tuple[Route, Route, bool, bytes]  # (onward, return, pop_first, their encoding)
+_NO_ENTRY: _Encoded = (_new_tuple(Route, ()), _new_tuple(Route, ()), False, b"")  # never matches
+
 
 class RouteCache:
     """What one connection remembers of the route pairs it carries, within fixed bounds.
@@ -111,7 +114,7 @@ class RouteCache:
     decoder keeps its last routes anyway), so a connection that never changes routes holds none.
     """
 
-    __slots__ = ("_decoded", "_encoded")
+    __slots__ = ("_decoded", "_encoded", "_last")
 
     max_pairs: ClassVar[int] = 16
     """Route pairs each memory holds before it is emptied: a connection that alternates among
@@ -124,7 +127,8 @@ class RouteCache:
         self._decoded: Optional[Dict[bytes, Tuple[Route, Route]]] = None
         # id(onward) -> (onward, return, pop_first, their encoding); the entry keeps both
         # routes alive, so the id cannot be reused while it is here.
-        self._encoded: Optional[Dict[int, Tuple[Route, Route, bool, bytes]]] = None
+        self._encoded: Optional[Dict[int, _Encoded]] = None
+        self._last: _Encoded = _NO_ENTRY  # the entry used last: a connection's forwards repeat it
 
     def __len__(self) -> int:
         """Route pairs remembered, decoded and encoded (at most twice :attr:`max_pairs`)."""
@@ -259,19 +263,22 @@ def encode_frame(
         return frame_with_routes(
             version, encode_route(onward[1:] if pop_first else onward) + encode_route(ret), payload
         )
+    entry = cache._last
+    if entry[0] is onward and entry[1] is ret and entry[2] is pop_first:
+        return frame_with_routes(version, entry[3], payload)
     encoded = cache._encoded
     if encoded is None:
         encoded = cache._encoded = {}
-    entry = encoded.get(id(onward))
-    if entry is not None and entry[0] is onward and entry[1] is ret and entry[2] is pop_first:
-        routes_raw = entry[3]
-    else:
+    entry = encoded.get(id(onward)) or _NO_ENTRY
+    if entry[0] is not onward or entry[1] is not ret or entry[2] is not pop_first:
         routes_raw = encode_route(onward[1:] if pop_first else onward) + encode_route(ret)
-        if len(routes_raw) <= cache.max_bytes:
-            if len(encoded) >= cache.max_pairs:
-                encoded.clear()
-            encoded[id(onward)] = (onward, ret, pop_first, routes_raw)
-    return frame_with_routes(version, routes_raw, payload)
+        if len(routes_raw) > cache.max_bytes:
+            return frame_with_routes(version, routes_raw, payload)
+        if len(encoded) >= cache.max_pairs:
+            encoded.clear()
+        entry = encoded[id(onward)] = (onward, ret, pop_first, routes_raw)
+    cache._last = entry
+    return frame_with_routes(version, entry[3], payload)
 
 
 def frame_with_routes(version: int, routes_raw: bytes, payload: bytes) -> bytes:
@@ -318,13 +325,18 @@ class FrameDecoder:
         return_prefix: an address to prepend to every decoded return route. A TCP connection
             passes ``1#<peer>`` (docs/protocol.md rule 4).
 
+    Attributes:
+        route_cache: this decoder's own :class:`RouteCache`: the frames it decodes with the same
+            route bytes get the same route objects (the return prefix included). Give it to
+            :func:`encode_frame` to forward them.
+
     If a body is malformed, ``feed`` raises :class:`RemoteProtocolError` with the messages of the
     same chunk that came before it in ``error.messages``, and the decoder refuses further input:
     the stream cannot be trusted after a bad frame.
     """
 
     __slots__ = (
-        "_cache",
+        "route_cache",
         "_buffer",
         "_needed",
         "_prefix",
@@ -344,17 +356,7 @@ class FrameDecoder:
         self._routes_raw = b""
         self._onward: Route = _new_tuple(Route, ())
         self._return: Route = self._onward
-        self._cache: Optional[RouteCache] = None  # made when first needed
-
-    @property
-    def route_cache(self) -> RouteCache:
-        """This decoder's own :class:`RouteCache`: the frames it decodes with the same route
-        bytes get the same route objects (the return prefix included). Give it to
-        :func:`encode_frame` to forward them."""
-        cache = self._cache
-        if cache is None:
-            cache = self._cache = RouteCache()
-        return cache
+        self.route_cache = RouteCache()
 
     @property
     def buffered(self) -> int:
