@@ -11,14 +11,18 @@ Decoding follows the 2021 Rust decoder's tolerance (any version byte, non-canoni
 ignored trailing bytes) but never its panics: every malformed body raises
 :class:`~greenockam.errors.RemoteProtocolError` naming the fault and its offset in the body.
 
-This module is on every message's path, so it keeps bounded caches of encoded and decoded routes
-(routes repeat: a node talks to few peers and workers) and fast paths for one-byte ``uint``.
+This module is on every message's path, so it has fast paths for one-byte ``uint`` and remembers
+routes per connection, never globally: a :class:`FrameDecoder` skips the parse of the routes of
+its last frame, and its :class:`RouteCache` holds, within fixed bounds, the other route pairs the
+connection carries, decoded and, when forwarded, encoded. A peer that sends endless distinct
+routes costs its own connection re-parsing, never memory, and never evicts another connection's
+routes.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 from .address import Address, Route
 from .codecs.primitives import BYTE as _BYTE
@@ -29,6 +33,7 @@ __all__ = [
     "MAX_BODY",
     "VERSION",
     "TransportMessage",
+    "RouteCache",
     "encode_uint",
     "decode_uint",
     "encode_route",
@@ -41,17 +46,9 @@ __all__ = [
 
 MAX_BODY = 65535
 VERSION = 1
-_ROUTE_CACHE_SIZE = 4096
 
 _new_tuple = tuple.__new__
 _pack_header = struct.Struct(">HB").pack  # frame length, then the version byte of the body
-
-# Route -> its encoding, and the encoding of both routes -> (onward, return). Cleared wholesale
-# when full: a peer that sends endless distinct routes costs us re-parsing, never memory.
-_encoded_routes: Dict[Tuple[Address, ...], bytes] = {}
-_decoded_routes: Dict[bytes, Tuple[Route, Route]] = {}
-# The routes of the last frame encoded, by identity: (onward, return, pop_first, their bytes).
-_last_routes: Tuple[Any, Any, bool, bytes] = (None, None, False, b"")
 
 
 class TransportMessage(Tuple[int, Route, Route, bytes]):
@@ -95,22 +92,61 @@ class TransportMessage(Tuple[int, Route, Route, bytes]):
         )
 
 
+# --- per-connection route memory ---------------------------------------------------------------
+
+_Encoded = Tuple[Route, Route, bool, bytes]  # (onward, return, pop_first, their encoding)
+_NO_ENTRY: _Encoded = (_new_tuple(Route, ()), _new_tuple(Route, ()), False, b"")  # never matches
+
+
+class RouteCache:
+    """What one connection remembers of the route pairs it carries, within fixed bounds.
+
+    A connection's frames mostly carry a few route pairs (its peer's workers, the clients behind
+    a relay), often alternating. Its :class:`FrameDecoder` looks the raw bytes of a frame's
+    routes up here before parsing them, and so returns the same route objects for the same
+    bytes; :func:`encode_frame`, given the cache of the connection a forwarded message came on,
+    finds the encoding of those objects here (by identity) instead of encoding them again.
+
+    Each of the two memories holds at most :attr:`max_pairs` route pairs, each at most
+    :attr:`max_bytes` long when encoded, and is emptied when full: a peer that sends endless
+    distinct routes costs its own connection re-parsing, never memory, and cannot evict the
+    routes of another connection. The first route pair of a connection is not remembered (the
+    decoder keeps its last routes anyway), so a connection that never changes routes holds none.
+    """
+
+    __slots__ = ("_decoded", "_encoded", "_last")
+
+    max_pairs: ClassVar[int] = 16
+    """Route pairs each memory holds before it is emptied: a connection that alternates among
+    up to this many pairs parses and encodes each of them once."""
+    max_bytes: ClassVar[int] = 256
+    """Routes whose encoding (both routes) is longer are parsed or encoded every time."""
+
+    def __init__(self) -> None:
+        # Both made on first use: an idle connection pays for neither.
+        self._decoded: Optional[Dict[bytes, Tuple[Route, Route]]] = None
+        # id(onward) -> (onward, return, pop_first, their encoding); the entry keeps both
+        # routes alive, so the id cannot be reused while it is here.
+        self._encoded: Optional[Dict[int, _Encoded]] = None
+        self._last: _Encoded = _NO_ENTRY  # the entry used last: a connection's forwards repeat it
+
+    def __len__(self) -> int:
+        """Route pairs remembered, decoded and encoded (at most twice :attr:`max_pairs`)."""
+        return len(self._decoded or ()) + len(self._encoded or ())
+
+
 # --- routes ----------------------------------------------------------------------------------
 
 
 def encode_route(route: Tuple[Address, ...]) -> bytes:
     """The BARE encoding of a route: count, then (type, length, value) per address."""
-    raw = _encoded_routes.get(route)
-    if raw is None:
-        parts = [encode_uint(len(route))]
-        for kind, value in route:
-            data = value.encode("utf-8")
-            parts += (_BYTE[kind], encode_uint(len(data)), data)
-        raw = b"".join(parts)
-        if len(_encoded_routes) >= _ROUTE_CACHE_SIZE:
-            _encoded_routes.clear()
-        _encoded_routes[route] = raw
-    return raw
+    n = len(route)
+    parts = [_BYTE[n] if n < 0x80 else encode_uint(n)]
+    for kind, value in route:
+        data = value.encode("utf-8")
+        n = len(data)
+        parts += (_BYTE[kind], _BYTE[n] if n < 0x80 else encode_uint(n), data)
+    return b"".join(parts)
 
 
 def _parse_route(data: bytes, pos: int, end: int, base: int, what: str) -> Tuple[Route, int]:
@@ -147,8 +183,16 @@ def _parse_route(data: bytes, pos: int, end: int, base: int, what: str) -> Tuple
     return _new_tuple(Route, addresses), pos
 
 
-def _parse_routes(data: bytes, pos: int, end: int, base: int) -> Tuple[Route, Route, int]:
-    """Both routes starting at ``pos`` (just after the version byte), through the route cache."""
+def _parse_routes(
+    data: bytes,
+    pos: int,
+    end: int,
+    base: int,
+    prefix: Optional[Address],
+    cache: Optional[RouteCache],
+) -> Tuple[Route, Route, int]:
+    """Both routes starting at ``pos`` (just after the version byte), ``prefix`` prepended to
+    the return route; through ``cache`` if one is given."""
     # Scan the common shape (one-byte counts and lengths) without building anything; any read
     # past ``end`` leaves ``p > end`` and falls to the checked parse.
     p = pos
@@ -168,22 +212,27 @@ def _parse_routes(data: bytes, pos: int, end: int, base: int) -> Tuple[Route, Ro
                 count -= 1
     except IndexError:
         p = end + 1
-    canonical = p <= end  # every uint took one byte: the raw bytes are our own encoding too
-    if canonical:
-        routes = _decoded_routes.get(data[pos:p])
-        if routes is not None:
-            return routes[0], routes[1], p
+    # Only the common shape (every uint one byte: the scan found where the routes end) is
+    # looked up and remembered.
+    decoded = None
+    key = b""
+    if cache is not None and p <= end and p - pos <= cache.max_bytes:
+        key = data[pos:p]
+        decoded = cache._decoded
+        if decoded is None:
+            decoded = cache._decoded = {}
+        else:
+            routes = decoded.get(key)
+            if routes is not None:
+                return routes[0], routes[1], p
+            if len(decoded) >= cache.max_pairs:
+                decoded.clear()
     onward, mid = _parse_route(data, pos, end, base, "onward")
     ret, p = _parse_route(data, mid, end, base, "return")
-    if len(_decoded_routes) >= _ROUTE_CACHE_SIZE:
-        _decoded_routes.clear()
-    _decoded_routes[data[pos:p]] = (onward, ret)
-    if canonical:
-        # A reply or a forward encodes these routes (or their tails) next: have them ready.
-        if len(_encoded_routes) >= _ROUTE_CACHE_SIZE:
-            _encoded_routes.clear()
-        _encoded_routes[onward] = data[pos:mid]
-        _encoded_routes[ret] = data[mid:p]
+    if prefix is not None:
+        ret = ret.prepend(prefix)
+    if decoded is not None:
+        decoded[key] = (onward, ret)
     return onward, ret, p
 
 
@@ -195,28 +244,41 @@ def encode_body(msg: TransportMessage) -> bytes:
     return encode_frame(msg)[2:]
 
 
-def encode_frame(msg: TransportMessage, pop_first: bool = False) -> bytes:
+def encode_frame(
+    msg: TransportMessage, pop_first: bool = False, cache: Optional[RouteCache] = None
+) -> bytes:
     """Length prefix + body, ready for the socket.
 
     Args:
         pop_first: leave out the first hop of the onward route, as a transport does when it
             sends to that hop (docs/protocol.md rule 3), without building the shorter route.
+        cache: the :class:`RouteCache` of the connection ``msg`` came on, when it is forwarded
+            (the route objects its decoder returned): each of its route pairs is encoded once.
 
     Raises:
         LocalProtocolError: the body would exceed 65535 bytes (nothing is written).
     """
-    global _last_routes
     version, onward, ret, payload = msg
-    last = _last_routes
-    if last[0] is onward and last[1] is ret and last[2] is pop_first:
-        routes_raw = last[3]  # a worker answering one peer sends the same route objects again
-    else:
-        route = onward[1:] if pop_first else onward  # a tuple equal to (cached as) the Route
-        routes_raw = (_encoded_routes.get(route) or encode_route(route)) + (
-            _encoded_routes.get(ret) or encode_route(ret)
+    if cache is None:
+        return frame_with_routes(
+            version, encode_route(onward[1:] if pop_first else onward) + encode_route(ret), payload
         )
-        _last_routes = (onward, ret, pop_first, routes_raw)
-    return frame_with_routes(version, routes_raw, payload)
+    entry = cache._last
+    if entry[0] is onward and entry[1] is ret and entry[2] is pop_first:
+        return frame_with_routes(version, entry[3], payload)
+    encoded = cache._encoded
+    if encoded is None:
+        encoded = cache._encoded = {}
+    entry = encoded.get(id(onward)) or _NO_ENTRY
+    if entry[0] is not onward or entry[1] is not ret or entry[2] is not pop_first:
+        routes_raw = encode_route(onward[1:] if pop_first else onward) + encode_route(ret)
+        if len(routes_raw) > cache.max_bytes:
+            return frame_with_routes(version, routes_raw, payload)
+        if len(encoded) >= cache.max_pairs:
+            encoded.clear()
+        entry = encoded[id(onward)] = (onward, ret, pop_first, routes_raw)
+    cache._last = entry
+    return frame_with_routes(version, entry[3], payload)
 
 
 def frame_with_routes(version: int, routes_raw: bytes, payload: bytes) -> bytes:
@@ -263,12 +325,26 @@ class FrameDecoder:
         return_prefix: an address to prepend to every decoded return route. A TCP connection
             passes ``1#<peer>`` (docs/protocol.md rule 4).
 
+    Attributes:
+        route_cache: this decoder's own :class:`RouteCache`: the frames it decodes with the same
+            route bytes get the same route objects (the return prefix included). Give it to
+            :func:`encode_frame` to forward them.
+
     If a body is malformed, ``feed`` raises :class:`RemoteProtocolError` with the messages of the
     same chunk that came before it in ``error.messages``, and the decoder refuses further input:
     the stream cannot be trusted after a bad frame.
     """
 
-    __slots__ = ("_buffer", "_needed", "_prefix", "_failed", "_routes_raw", "_onward", "_return")
+    __slots__ = (
+        "route_cache",
+        "_buffer",
+        "_needed",
+        "_prefix",
+        "_failed",
+        "_routes_raw",
+        "_onward",
+        "_return",
+    )
 
     def __init__(self, return_prefix: Optional[Address] = None) -> None:
         self._buffer = bytearray()
@@ -280,6 +356,7 @@ class FrameDecoder:
         self._routes_raw = b""
         self._onward: Route = _new_tuple(Route, ())
         self._return: Route = self._onward
+        self.route_cache = RouteCache()
 
     @property
     def buffered(self) -> int:
@@ -331,8 +408,10 @@ class FrameDecoder:
                         raise RemoteProtocolError(
                             "empty body: a message needs at least a version byte"
                         )
-                    self._onward, ret, p = _parse_routes(data, body + 1, end, body)
-                    self._return = ret if self._prefix is None else ret.prepend(self._prefix)
+                    # A connection's first routes are not remembered: most never change.
+                    self._onward, self._return, p = _parse_routes(
+                        data, body + 1, end, body, self._prefix, self.route_cache if raw else None
+                    )
                     raw = self._routes_raw = data[body + 1 : p]
                     skip = p - body
                 if p >= end:

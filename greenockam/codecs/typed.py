@@ -735,7 +735,7 @@ class _Gen:
                 f"{ind}    raise enc_fail({p}, f'expected a Route, got {{type_name({x})}}')"
             )
             if self.bare:
-                out.append(f"{ind}w(encode_route({x}))")  # the frame codec's cached encoding
+                out.append(f"{ind}w(encode_route({x}))")  # the frame codec's encoding
             else:
                 a = self.var("a")
                 out.append(ind + self.write_length(f"len({x})"))

@@ -710,12 +710,17 @@ class TcpTransport:
         routes_raw: Optional[bytes] = None,
     ) -> Optional[bytes]:
         """``message``'s frame without its first hop (docs/protocol.md, rule 3), behind
-        ``routes_raw`` if the caller has them encoded already. A body over 65535 bytes raises
-        to a local sender (nothing is opened or written) and is dropped when forwarded (None)."""
+        ``routes_raw`` if the caller has them encoded already. A forwarded message's routes are
+        encoded once per connection it came on (its decoder's route cache). A body over 65535
+        bytes raises to a local sender (nothing is opened or written) and is dropped when
+        forwarded (None)."""
         try:
-            if routes_raw is None:
+            if routes_raw is not None:
+                return frame_with_routes(message[0], routes_raw, message[3])
+            if source is None:
                 return encode_frame(message, pop_first=True)
-            return frame_with_routes(message[0], routes_raw, message[3])
+            cache = source._decoder.route_cache if isinstance(source, Connection) else None
+            return encode_frame(message, True, cache)  # a route pair it came with, encoded once
         except LocalProtocolError as exc:
             if source is None:
                 raise
