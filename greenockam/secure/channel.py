@@ -18,7 +18,6 @@ exactly as the Rust Ockam nodes of April 2021 run it (docs/secure-channel.md, se
 from __future__ import annotations
 
 import itertools
-import struct
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -61,9 +60,10 @@ from ..transport.base import Cancel, Endpoint, Outlet, Source
 from ..wire import (
     MAX_BODY,
     VERSION,
-    FrameDecoder,
     TransportMessage,
+    decode_body,
     encode_body,
+    encode_route,
     encode_uint,
 )
 from .noise import CHANNEL_OVERHEAD, KEY_SIZE, MAX_MESSAGES, REPLAY_WINDOW, Handshake
@@ -87,7 +87,6 @@ __all__ = [
 
 LISTENER_ADDRESS = "secure_channel_listener"
 _new_tuple = tuple.__new__  # a TransportMessage from checked parts, without a Python-level call
-_frame_length = struct.Struct(">H").pack
 _watch_keys = itertools.count()
 # Sessions an initiator keeps receiving on after renewals replaced them, for replies in flight.
 RETIRED_SESSIONS = 4
@@ -217,7 +216,9 @@ class _Session:
         "done",
         "timer",
         "closed",
-        "decoder",
+        "inner_routes",
+        "inner_onward",
+        "inner_return",
         "outlet",
     )
 
@@ -233,7 +234,10 @@ class _Session:
         self.done: AsyncResult = AsyncResult()  # set (to self) or failed once it ends
         self.timer: Any = None
         self.closed = False
-        self.decoder = FrameDecoder()  # decodes the inner messages (their routes repeat)
+        # The encoded routes of the last inner message decoded, and the routes: the next
+        # message through a channel mostly repeats them.
+        self.inner_routes = b""
+        self.inner_onward = self.inner_return = self.remote_return
         self.outlet: Optional[Outlet] = None  # the transport's fast path along ``route``
 
     def start_timer(self, seconds: float) -> None:
@@ -257,11 +261,23 @@ class _Session:
         Raises:
             RemoteProtocolError: it is not one valid message body.
         """
+        raw = self.inner_routes
+        p = len(raw) + 1  # after the version byte and the routes
+        size = len(plaintext) - p - 1
+        if raw and 0 <= size < 0x80 and plaintext[p] == size and plaintext.startswith(raw, 1):
+            # The routes of the last message, and a one-byte payload length: no parse.
+            return _new_tuple(
+                TransportMessage,
+                (plaintext[0], self.inner_onward, self.inner_return, plaintext[p + 1 :]),
+            )
         try:
-            (message,) = self.decoder.feed(_frame_length(len(plaintext)) + plaintext)
-        except (RemoteProtocolError, ValueError, struct.error):
-            self.decoder = FrameDecoder()  # a decoder refuses all input after a bad frame
+            message = decode_body(plaintext)
+        except RemoteProtocolError:
             raise RemoteProtocolError("a decrypted channel message is not a message") from None
+        onward, ret = message[1], message[2]
+        raw = encode_route(onward) + encode_route(ret)
+        if plaintext.startswith(raw, 1):  # encoded as we encode them: the next may match
+            self.inner_routes, self.inner_onward, self.inner_return = raw, onward, ret
         return message
 
     def transmit(self, payload: bytes) -> None:
@@ -390,6 +406,7 @@ class SecureChannel:
         # The last routes each direction worked on, and what it made of them.
         self._last_return: Any = None
         self._last_prepended: Route = Route()
+        self._last_checked: Any = None  # the last decrypted onward route that passed the checks
         self._last_onward: Any = None
         self._last_rest: Route = Route()
         self.address = node.start_endpoint(None, _LocalSide(self))
@@ -651,14 +668,16 @@ class SecureChannel:
             return
         self._received += 1
         onward = inner[1]
-        if not onward:
-            self._count("empty_route")
-            self.node.drop("secure_channel_empty_route", inner, "decrypted, empty onward route")
-            return
-        if self._local_only and any(hop[0] != LOCAL for hop in onward):
-            self._count("not_local")
-            self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
-            return
+        if onward is not self._last_checked:  # the decoder repeats route objects: checked once
+            if not onward:
+                self._count("empty_route")
+                self.node.drop("secure_channel_empty_route", inner, "decrypted, empty onward route")
+                return
+            if self._local_only and any(hop[0] != LOCAL for hop in onward):
+                self._count("not_local")
+                self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
+                return
+            self._last_checked = onward
         ret = inner[2]
         if ret is not self._last_return:  # the decoder repeats route objects: one prepend each
             self._last_return, self._last_prepended = ret, ret.prepend(self.address)
