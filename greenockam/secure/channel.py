@@ -21,6 +21,7 @@ import itertools
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -40,6 +41,7 @@ from loguru import logger
 
 from ..address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
 from ..codecs import BARE
+from ..codecs.primitives import BYTE
 from ..codecs.typed import TaggedUnion, decoder, encoder
 from ..context import Context
 from ..errors import (
@@ -87,6 +89,7 @@ __all__ = [
 
 LISTENER_ADDRESS = "secure_channel_listener"
 _new_tuple = tuple.__new__  # a TransportMessage from checked parts, without a Python-level call
+_VERSION_BYTE = BYTE[VERSION]
 _watch_keys = itertools.count()
 # Sessions an initiator keeps receiving on after renewals replaced them, for replies in flight.
 RETIRED_SESSIONS = 4
@@ -131,7 +134,8 @@ def decode_create_responder(payload: bytes) -> bytes:
 
 def _data(raw: bytes) -> bytes:
     """BARE ``data<>``: a ``uint`` length, then the bytes."""
-    return encode_uint(len(raw)) + raw
+    size = len(raw)
+    return (BYTE[size] if size < 0x80 else encode_uint(size)) + raw
 
 
 def _undata(payload: bytes) -> bytes:
@@ -321,27 +325,27 @@ class _Session:
 
 
 class _RemoteSide(Endpoint):
-    """The address of a session that faces the other end: handshake messages and ciphertexts."""
+    """The address of a session that faces the other end: handshake messages and ciphertexts.
 
-    __slots__ = ("_session",)
+    Its ``handle`` is the channel's :meth:`SecureChannel.from_remote` for the session itself,
+    so that a message costs no Python call in between.
+    """
+
+    __slots__ = ("handle",)
 
     def __init__(self, session: _Session) -> None:
-        self._session = session
-
-    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        self._session.channel.from_remote(self._session, message, source)
+        self.handle = partial(session.channel.from_remote, session)  # type: ignore[method-assign]
 
 
 class _LocalSide(Endpoint):
     """The channel's address that faces local workers: what is sent through it is encrypted."""
 
-    __slots__ = ("_channel",)
+    __slots__ = ("_channel", "handle")
 
     def __init__(self, channel: SecureChannel) -> None:
         self._channel = channel
-
-    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        self._channel.from_local(message, source)
+        # The channel's method itself: a message costs no Python call in between.
+        self.handle = channel.from_local  # type: ignore[method-assign]
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         """Watch the channel as a connection: ``callback`` runs once when it closes (so a
@@ -408,7 +412,8 @@ class SecureChannel:
         self._last_prepended: Route = Route()
         self._last_checked: Any = None  # the last decrypted onward route that passed the checks
         self._last_onward: Any = None
-        self._last_rest: Route = Route()
+        self._last_sender: Any = None
+        self._last_head = b""  # the inner message's version byte and encoded routes
         self.address = node.start_endpoint(None, _LocalSide(self))
 
     def __repr__(self) -> str:
@@ -702,14 +707,22 @@ class SecureChannel:
             LocalProtocolError: the message cannot fit in one frame through this channel.
         """
         try:
-            onward = message[1]
-            if onward is not self._last_onward:  # senders repeat route objects: one pop each
-                self._last_onward, self._last_rest = onward, onward.pop_front()
-            rest = self._last_rest
-            if not rest:
-                raise RouteError(f"nothing to send to after the secure channel {self.address}")
-            session = self._sending_session(source)
-            plaintext = encode_body(_new_tuple(TransportMessage, (VERSION, rest) + message[2:]))
+            onward, ret, body = message[1], message[2], message[3]
+            if onward is not self._last_onward or ret is not self._last_sender:
+                # Senders repeat route objects: the inner routes are encoded once per pair.
+                rest = onward.pop_front()
+                if not rest:
+                    raise RouteError(f"nothing to send to after the secure channel {self.address}")
+                self._last_head = _VERSION_BYTE + encode_route(rest) + encode_route(ret)
+                self._last_onward, self._last_sender = onward, ret
+            session = self._current
+            if session is None or self._closed or self._renew_below is not None:
+                session = self._sending_session(source)
+            # The inner message's body (docs/secure-channel.md, section 4).
+            size = len(body)
+            plaintext = b"".join(
+                (self._last_head, BYTE[size] if size < 0x80 else encode_uint(size), body)
+            )
             if len(plaintext) > session.room:
                 raise LocalProtocolError(
                     f"a message of {len(plaintext)} bytes cannot go through the secure channel "
