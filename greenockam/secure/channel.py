@@ -18,6 +18,7 @@ exactly as the Rust Ockam nodes of April 2021 run it (docs/secure-channel.md, se
 from __future__ import annotations
 
 import itertools
+import struct
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -62,8 +63,8 @@ from ..transport.base import Cancel, Endpoint, Outlet, Source
 from ..wire import (
     MAX_BODY,
     VERSION,
+    FrameDecoder,
     TransportMessage,
-    decode_body,
     encode_body,
     encode_route,
     encode_uint,
@@ -90,6 +91,7 @@ __all__ = [
 LISTENER_ADDRESS = "secure_channel_listener"
 _new_tuple = tuple.__new__  # a TransportMessage from checked parts, without a Python-level call
 _VERSION_BYTE = BYTE[VERSION]
+_frame_length = struct.Struct(">H").pack
 _watch_keys = itertools.count()
 # Sessions an initiator keeps receiving on after renewals replaced them, for replies in flight.
 RETIRED_SESSIONS = 4
@@ -220,6 +222,7 @@ class _Session:
         "done",
         "timer",
         "closed",
+        "decoder",
         "inner_routes",
         "inner_onward",
         "inner_return",
@@ -238,8 +241,9 @@ class _Session:
         self.done: AsyncResult = AsyncResult()  # set (to self) or failed once it ends
         self.timer: Any = None
         self.closed = False
+        self.decoder = FrameDecoder()  # decodes the inner messages (their routes repeat)
         # The encoded routes of the last inner message decoded, and the routes: the next
-        # message through a channel mostly repeats them.
+        # message through a channel mostly repeats them, with a one-byte payload length.
         self.inner_routes = b""
         self.inner_onward = self.inner_return = self.remote_return
         self.outlet: Optional[Outlet] = None  # the transport's fast path along ``route``
@@ -275,13 +279,15 @@ class _Session:
                 (plaintext[0], self.inner_onward, self.inner_return, plaintext[p + 1 :]),
             )
         try:
-            message = decode_body(plaintext)
-        except RemoteProtocolError:
+            (message,) = self.decoder.feed(_frame_length(len(plaintext)) + plaintext)
+        except (RemoteProtocolError, ValueError, struct.error):
+            self.decoder = FrameDecoder()  # a decoder refuses all input after a bad frame
             raise RemoteProtocolError("a decrypted channel message is not a message") from None
         onward, ret = message[1], message[2]
-        raw = encode_route(onward) + encode_route(ret)
-        if plaintext.startswith(raw, 1):  # encoded as we encode them: the next may match
-            self.inner_routes, self.inner_onward, self.inner_return = raw, onward, ret
+        if onward is not self.inner_onward or ret is not self.inner_return:
+            raw = encode_route(onward) + encode_route(ret)
+            if plaintext.startswith(raw, 1):  # encoded as we encode them: the next may match
+                self.inner_routes, self.inner_onward, self.inner_return = raw, onward, ret
         return message
 
     def transmit(self, payload: bytes) -> None:
