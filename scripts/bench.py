@@ -24,6 +24,13 @@ ratio greenockam / raw. The figures (the README's Performance section says what 
    straight to the echoer, then through the hub to its forwarder (every message crosses the
    hub twice): messages/s of both, ``hub_ratio`` = through the hub / straight, and the hub's
    CPU per message.
+7. ``secure_rtt`` and ``secure_pipelined``: greenockam only. One client (the initiator) and
+   the greenockam echo server (also the responder: its secure channel listener), in separate
+   processes: round trips as in 1 and pipelined messages as in 2, first plain to
+   ``echo_service`` and then through one secure channel to it: messages/s of both,
+   ``secure_rtt_ratio`` and ``secure_pipelined_ratio`` = through the channel / plain, and each
+   end's CPU per message. One channel carries a whole run, so ``secure_pipelined`` sends fewer
+   messages than ``pipelined`` (a handshake allows 65,535 each way).
 
 The raw baseline is a gevent ``StreamServer`` echo and gevent sockets with the same framing (u16
 big-endian length, then a body of exactly the size of greenockam's body for the same message).
@@ -95,6 +102,7 @@ def orchestrate(args: argparse.Namespace, targets: Dict[str, float]) -> int:
         "idle_connections": sizes["idle_n"],
         "rtt_messages": sizes["rtt_n"],
         "pipelined_messages": sizes["pipelined_n"],
+        "secure_pipelined_messages": sizes["secure_pipelined_n"],
         "conns": sizes["conns"],
         "round_trips_per_conn": sizes["per_conn"],
         "repetitions": reps,

@@ -97,6 +97,33 @@ RUNS = {
         {"per_s": 132171.386, "direct_per_s": 275540.514, "ratio": 0.48, "hub_cpu_us": 2.8,
          "n": 50000, "ok": True},
     ],
+    # runner.run_phase("gko", phase, (0, 0), quick sizes) for the secure phases, three runs of
+    # each, recorded since (issue 14).
+    ("gko", "secure_rtt"): [
+        {"per_s": 16974.654, "p50_us": 56.234, "p99_us": 93.269, "n": 5000, "ok": True,
+         "server_cpu_us": 28.0, "client_cpu_us": 28.951, "plain_per_s": 27302.552,
+         "plain_p50_us": 31.647, "plain_p99_us": 55.103, "plain_server_cpu_us": 18.0,
+         "plain_client_cpu_us": 16.336, "ratio": 0.622},
+        {"per_s": 16801.455, "p50_us": 57.376, "p99_us": 91.757, "n": 5000, "ok": True,
+         "server_cpu_us": 30.0, "client_cpu_us": 29.488, "plain_per_s": 24403.218,
+         "plain_p50_us": 31.457, "plain_p99_us": 56.324, "plain_server_cpu_us": 16.0,
+         "plain_client_cpu_us": 16.33, "ratio": 0.688},
+        {"per_s": 17797.606, "p50_us": 54.511, "p99_us": 88.862, "n": 5000, "ok": True,
+         "server_cpu_us": 30.0, "client_cpu_us": 28.077, "plain_per_s": 33444.377,
+         "plain_p50_us": 28.984, "plain_p99_us": 51.057, "plain_server_cpu_us": 14.0,
+         "plain_client_cpu_us": 14.949, "ratio": 0.532},
+    ],
+    ("gko", "secure_pipelined"): [
+        {"per_s": 70575.838, "n": 50000, "ok": True, "server_cpu_us": 7.2, "client_cpu_us": 6.889,
+         "plain_per_s": 266345.715, "plain_server_cpu_us": 2.0, "plain_client_cpu_us": 1.854,
+         "ratio": 0.265},
+        {"per_s": 71269.879, "n": 50000, "ok": True, "server_cpu_us": 7.0, "client_cpu_us": 6.871,
+         "plain_per_s": 273032.05, "plain_server_cpu_us": 1.8, "plain_client_cpu_us": 1.821,
+         "ratio": 0.261},
+        {"per_s": 70615.573, "n": 50000, "ok": True, "server_cpu_us": 7.4, "client_cpu_us": 6.946,
+         "plain_per_s": 233909.075, "plain_server_cpu_us": 2.2, "plain_client_cpu_us": 2.007,
+         "ratio": 0.302},
+    ],
     ("gko", "codec"): [
         {"ok": True, "frame_bytes": 58, "encode_ns": 240.143, "encode_plain_ns": 240.142,
          "decode_ns": 544.672, "roundtrip_ns": 848.688, "payload_encode_ns": 119.236,
@@ -119,7 +146,8 @@ RUNS = {
     ],
 }
 
-QUICK_SIZES = {"pipelined_n": 50000, "conns": 100, "per_conn": 100, "idle_n": 10000}
+QUICK_SIZES = {"pipelined_n": 50000, "conns": 100, "per_conn": 100, "idle_n": 10000,
+               "secure_pipelined_n": 50000}
 
 # The keys of bench.py's JSON line, as the benchmark wrote them before it was split into modules.
 JSON_KEYS = {
@@ -147,11 +175,19 @@ JSON_KEYS = {
     "json_struct_ns", "json_route_struct_ns",
     # added since: the hub (issue 13)
     "hub_per_s", "hub_direct_per_s", "hub_ratio", "hub_cpu_us",
+    # added since: secure channels (issue 14)
+    "secure_pipelined_messages",
+    "secure_rtt_per_s", "secure_rtt_plain_per_s", "secure_rtt_ratio", "secure_rtt_p50_us",
+    "secure_rtt_plain_p50_us", "secure_rtt_server_cpu_us", "secure_rtt_plain_server_cpu_us",
+    "secure_rtt_client_cpu_us", "secure_rtt_plain_client_cpu_us",
+    "secure_pipelined_per_s", "secure_pipelined_plain_per_s", "secure_pipelined_ratio",
+    "secure_pipelined_server_cpu_us", "secure_pipelined_plain_server_cpu_us",
+    "secure_pipelined_client_cpu_us", "secure_pipelined_plain_client_cpu_us",
 }
 META_KEYS = {
     "body_bytes", "idle_connections", "rtt_messages", "pipelined_messages", "conns",
     "round_trips_per_conn", "repetitions", "quick", "cpus", "python", "gevent", "greenockam",
-    "git", "seconds", "targets", "missed",
+    "git", "seconds", "targets", "missed", "secure_pipelined_messages",
 }
 PUBLISHED_TARGETS = {  # README, Performance
     "rtt_ratio": 0.75,
@@ -162,6 +198,8 @@ PUBLISHED_TARGETS = {  # README, Performance
     "typed_struct_ratio": 0.5,
     "typed_route_struct_ratio": 0.5,
     "hub_ratio": 0.5,
+    "secure_rtt_ratio": 0.75,
+    "secure_pipelined_ratio": 0.5,
 }
 
 # A figure the table does not have: an in-process ratio no codec run measures.
@@ -222,6 +260,27 @@ def test_the_hub_ratio_is_the_median_of_each_runs_own_ratio():
     assert "raw_hub_per_s" not in figures
 
 
+def test_a_secure_ratio_is_the_median_of_each_runs_own_ratio():
+    """Plain and through the channel are measured by one client in one run, as the hub's."""
+    figures = report.aggregate(RUNS)
+    assert figures["secure_rtt_ratio"] == 0.622  # runs 0.622, 0.688, 0.532
+    assert figures["secure_rtt_per_s"] == 16974.654
+    assert figures["secure_rtt_plain_per_s"] == 27302.552
+    assert figures["secure_pipelined_ratio"] == 0.265  # runs 0.265, 0.261, 0.302
+    assert "raw_secure_rtt_per_s" not in figures
+
+
+def test_the_secure_rows_show_each_figure_through_the_channel_and_plain():
+    figures = report.aggregate(RUNS)
+    assert figures["secure_pipelined_server_cpu_us"] == 7.2  # runs 7.2, 7.0, 7.4
+    assert figures["secure_pipelined_plain_server_cpu_us"] == 2.0  # runs 2.0, 1.8, 2.2
+    lines = render(PUBLISHED_TARGETS)
+    (row,) = lines_with(lines, "pipelined through a secure channel, 50,000 msgs (msg/s)")
+    assert row.split("|")[2].strip() == "70,616"
+    (row,) = lines_with(lines, "secure / plain")[1:]
+    assert [cell.strip() for cell in row.split("|")[2:]] == ["0.265", "–", ">= 0.5  MISSED"]
+
+
 def test_the_codec_rows_read_the_fields_the_codec_role_measures():
     runs = dict(RUNS)
     runs[("gko", "codec")] = [codec.measure(1000)]
@@ -272,10 +331,13 @@ def test_a_target_is_met_above_or_below_it_as_the_figure_says():
         "typed_struct_ratio": True,  # 0.387
         "typed_route_struct_ratio": True,  # 0.373
         "hub_ratio": False,  # 0.480
+        "secure_rtt_ratio": False,  # 0.622
+        "secure_pipelined_ratio": False,  # 0.265
     }
     assert list(met) == [
         "rtt_ratio", "pipelined_ratio", "conns_ratio", "bytes_per_idle_conn", "hub_ratio",
-        "codec_roundtrip_ns", "typed_struct_ratio", "typed_route_struct_ratio",
+        "secure_rtt_ratio", "secure_pipelined_ratio", "codec_roundtrip_ns", "typed_struct_ratio",
+        "typed_route_struct_ratio",
     ]
 
 
@@ -348,7 +410,7 @@ def test_a_target_on_a_figure_the_table_hides_is_checked_and_shown():
 
 def test_targets_on_a_value_and_on_its_ratio_share_one_cell():
     lines = render({"rtt_p50_us": 25.0, "rtt_p50_ratio": 2.0})
-    rtt_row, rtt_server_row = lines_with(lines, "latency p50")
+    rtt_row, rtt_server_row = lines_with(lines, "latency p50 (µs)")
     assert rtt_row.split("|")[-1].strip() == "<= 25  MISSED; ratio <= 2"  # 27.7 µs, ratio 1.32
     assert rtt_server_row.split("|")[-1].strip() == "–"
 

@@ -22,6 +22,7 @@ import struct
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -41,6 +42,7 @@ from loguru import logger
 
 from ..address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
 from ..codecs import BARE
+from ..codecs.primitives import BYTE
 from ..codecs.typed import TaggedUnion, decoder, encoder
 from ..context import Context
 from ..errors import (
@@ -64,6 +66,7 @@ from ..wire import (
     FrameDecoder,
     TransportMessage,
     encode_body,
+    encode_route,
     encode_uint,
 )
 from .noise import CHANNEL_OVERHEAD, KEY_SIZE, MAX_MESSAGES, REPLAY_WINDOW, Handshake
@@ -87,6 +90,7 @@ __all__ = [
 
 LISTENER_ADDRESS = "secure_channel_listener"
 _new_tuple = tuple.__new__  # a TransportMessage from checked parts, without a Python-level call
+_VERSION_BYTE = BYTE[VERSION]
 _frame_length = struct.Struct(">H").pack
 _watch_keys = itertools.count()
 # Sessions an initiator keeps receiving on after renewals replaced them, for replies in flight.
@@ -132,7 +136,8 @@ def decode_create_responder(payload: bytes) -> bytes:
 
 def _data(raw: bytes) -> bytes:
     """BARE ``data<>``: a ``uint`` length, then the bytes."""
-    return encode_uint(len(raw)) + raw
+    size = len(raw)
+    return (BYTE[size] if size < 0x80 else encode_uint(size)) + raw
 
 
 def _undata(payload: bytes) -> bytes:
@@ -218,6 +223,9 @@ class _Session:
         "timer",
         "closed",
         "decoder",
+        "inner_routes",
+        "inner_onward",
+        "inner_return",
         "outlet",
     )
 
@@ -234,6 +242,10 @@ class _Session:
         self.timer: Any = None
         self.closed = False
         self.decoder = FrameDecoder()  # decodes the inner messages (their routes repeat)
+        # The encoded routes of the last inner message decoded, and the routes: the next
+        # message through a channel mostly repeats them, with a one-byte payload length.
+        self.inner_routes = b""
+        self.inner_onward = self.inner_return = self.remote_return
         self.outlet: Optional[Outlet] = None  # the transport's fast path along ``route``
 
     def start_timer(self, seconds: float) -> None:
@@ -257,11 +269,25 @@ class _Session:
         Raises:
             RemoteProtocolError: it is not one valid message body.
         """
+        raw = self.inner_routes
+        p = len(raw) + 1  # after the version byte and the routes
+        size = len(plaintext) - p - 1
+        if raw and 0 <= size < 0x80 and plaintext[p] == size and plaintext.startswith(raw, 1):
+            # The routes of the last message, and a one-byte payload length: no parse.
+            return _new_tuple(
+                TransportMessage,
+                (plaintext[0], self.inner_onward, self.inner_return, plaintext[p + 1 :]),
+            )
         try:
             (message,) = self.decoder.feed(_frame_length(len(plaintext)) + plaintext)
         except (RemoteProtocolError, ValueError, struct.error):
             self.decoder = FrameDecoder()  # a decoder refuses all input after a bad frame
             raise RemoteProtocolError("a decrypted channel message is not a message") from None
+        onward, ret = message[1], message[2]
+        if onward is not self.inner_onward or ret is not self.inner_return:
+            raw = encode_route(onward) + encode_route(ret)
+            if plaintext.startswith(raw, 1):  # encoded as we encode them: the next may match
+                self.inner_routes, self.inner_onward, self.inner_return = raw, onward, ret
         return message
 
     def transmit(self, payload: bytes) -> None:
@@ -305,27 +331,27 @@ class _Session:
 
 
 class _RemoteSide(Endpoint):
-    """The address of a session that faces the other end: handshake messages and ciphertexts."""
+    """The address of a session that faces the other end: handshake messages and ciphertexts.
 
-    __slots__ = ("_session",)
+    Its ``handle`` is the channel's :meth:`SecureChannel.from_remote` for the session itself,
+    so that a message costs no Python call in between.
+    """
+
+    __slots__ = ("handle",)
 
     def __init__(self, session: _Session) -> None:
-        self._session = session
-
-    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        self._session.channel.from_remote(self._session, message, source)
+        self.handle = partial(session.channel.from_remote, session)  # type: ignore[method-assign]
 
 
 class _LocalSide(Endpoint):
     """The channel's address that faces local workers: what is sent through it is encrypted."""
 
-    __slots__ = ("_channel",)
+    __slots__ = ("_channel", "handle")
 
     def __init__(self, channel: SecureChannel) -> None:
         self._channel = channel
-
-    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        self._channel.from_local(message, source)
+        # The channel's method itself: a message costs no Python call in between.
+        self.handle = channel.from_local  # type: ignore[method-assign]
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         """Watch the channel as a connection: ``callback`` runs once when it closes (so a
@@ -390,8 +416,10 @@ class SecureChannel:
         # The last routes each direction worked on, and what it made of them.
         self._last_return: Any = None
         self._last_prepended: Route = Route()
+        self._last_checked: Any = None  # the last decrypted onward route that passed the checks
         self._last_onward: Any = None
-        self._last_rest: Route = Route()
+        self._last_sender: Any = None
+        self._last_head = b""  # the inner message's version byte and encoded routes
         self.address = node.start_endpoint(None, _LocalSide(self))
 
     def __repr__(self) -> str:
@@ -651,14 +679,16 @@ class SecureChannel:
             return
         self._received += 1
         onward = inner[1]
-        if not onward:
-            self._count("empty_route")
-            self.node.drop("secure_channel_empty_route", inner, "decrypted, empty onward route")
-            return
-        if self._local_only and any(hop[0] != LOCAL for hop in onward):
-            self._count("not_local")
-            self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
-            return
+        if onward is not self._last_checked:  # the decoder repeats route objects: checked once
+            if not onward:
+                self._count("empty_route")
+                self.node.drop("secure_channel_empty_route", inner, "decrypted, empty onward route")
+                return
+            if self._local_only and any(hop[0] != LOCAL for hop in onward):
+                self._count("not_local")
+                self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
+                return
+            self._last_checked = onward
         ret = inner[2]
         if ret is not self._last_return:  # the decoder repeats route objects: one prepend each
             self._last_return, self._last_prepended = ret, ret.prepend(self.address)
@@ -683,14 +713,22 @@ class SecureChannel:
             LocalProtocolError: the message cannot fit in one frame through this channel.
         """
         try:
-            onward = message[1]
-            if onward is not self._last_onward:  # senders repeat route objects: one pop each
-                self._last_onward, self._last_rest = onward, onward.pop_front()
-            rest = self._last_rest
-            if not rest:
-                raise RouteError(f"nothing to send to after the secure channel {self.address}")
-            session = self._sending_session(source)
-            plaintext = encode_body(_new_tuple(TransportMessage, (VERSION, rest) + message[2:]))
+            onward, ret, body = message[1], message[2], message[3]
+            if onward is not self._last_onward or ret is not self._last_sender:
+                # Senders repeat route objects: the inner routes are encoded once per pair.
+                rest = onward.pop_front()
+                if not rest:
+                    raise RouteError(f"nothing to send to after the secure channel {self.address}")
+                self._last_head = _VERSION_BYTE + encode_route(rest) + encode_route(ret)
+                self._last_onward, self._last_sender = onward, ret
+            session = self._current
+            if session is None or self._closed or self._renew_below is not None:
+                session = self._sending_session(source)
+            # The inner message's body (docs/secure-channel.md, section 4).
+            size = len(body)
+            plaintext = b"".join(
+                (self._last_head, BYTE[size] if size < 0x80 else encode_uint(size), body)
+            )
             if len(plaintext) > session.room:
                 raise LocalProtocolError(
                     f"a message of {len(plaintext)} bytes cannot go through the secure channel "

@@ -20,6 +20,7 @@ Every primitive (X25519, AES-256-GCM, SHA-256, HKDF) comes from PyCA ``cryptogra
 
 from __future__ import annotations
 
+import struct
 import warnings
 from typing import Callable, Optional, Tuple
 
@@ -79,7 +80,9 @@ MAX_MESSAGES = 0xFFFF
 MAX_PLAINTEXT = MAX_BODY - CHANNEL_OVERHEAD - 1 - 2 - 3 - 3
 REPLAY_WINDOW = 1024
 
-_ZERO_NONCE_PREFIX = bytes(10)
+# The 12-byte AES-GCM nonce of a counter (section 1 of the doc): 10 zero bytes, then the counter
+# as 2 bytes big-endian, which are also the channel payload's first 2 bytes.
+_nonce = struct.Struct(">10xH").pack
 _INITIATOR_STEPS = ("write", "read", "write")
 _RESPONDER_STEPS = ("read", "write", "read")
 
@@ -110,11 +113,6 @@ def _sha256(data: bytes) -> bytes:
     return digest.finalize()
 
 
-def _nonce(counter: bytes) -> bytes:
-    """The 12-byte AES-GCM nonce of a 2-byte big-endian counter (section 1 of the doc)."""
-    return _ZERO_NONCE_PREFIX + counter
-
-
 class _SymmetricState:
     """Noise's chaining key ``ck``, handshake hash ``h`` and handshake cipher ``k`` with ``n``.
 
@@ -142,7 +140,7 @@ class _SymmetricState:
 
     def encrypt_and_hash(self, plaintext: bytes) -> bytes:
         assert self.cipher is not None  # XX encrypts only after its first MixKey
-        ciphertext = self.cipher.encrypt(_nonce(self.n.to_bytes(2, "big")), plaintext, self.h)
+        ciphertext = self.cipher.encrypt(_nonce(self.n), plaintext, self.h)
         self.n += 1
         self.mix_hash(ciphertext)
         return ciphertext
@@ -151,7 +149,7 @@ class _SymmetricState:
         assert self.cipher is not None  # XX decrypts only after its first MixKey
         try:
             plaintext = self.cipher.decrypt(
-                _nonce(self.n.to_bytes(2, "big")), ciphertext, self.h
+                _nonce(self.n), ciphertext, self.h
             )
         except InvalidTag:
             raise HandshakeFailed(f"{what} does not authenticate") from None
@@ -518,8 +516,8 @@ class SendCipher:
                 f"this channel end has sent its {self._limit} messages; open a fresh channel"
             )
         self._next = counter + 1  # taken before encrypting: whatever happens, never reused
-        prefix = counter.to_bytes(NONCE_SIZE, "big")
-        return prefix + self._aead.encrypt(_nonce(prefix), bytes(plaintext), None)
+        nonce = _nonce(counter)
+        return nonce[-NONCE_SIZE:] + self._aead.encrypt(nonce, plaintext, None)
 
 
 class ReceiveCipher:
@@ -537,7 +535,7 @@ class ReceiveCipher:
         window: 1 to 65536 nonces, :data:`REPLAY_WINDOW` by default.
     """
 
-    __slots__ = ("_aead", "_window", "_highest", "_seen")
+    __slots__ = ("_aead", "_window", "_mask", "_highest", "_seen")
 
     def __init__(self, key: bytes, window: int = REPLAY_WINDOW) -> None:
         if len(key) != KEY_SIZE:
@@ -545,6 +543,7 @@ class ReceiveCipher:
         _check_replay_window(window)
         self._aead = AESGCM(bytes(key))
         self._window = window
+        self._mask = (1 << window) - 1  # the window's bits of _seen
         self._highest = -1  # the highest nonce accepted
         self._seen = 0  # bit i: nonce (highest - i) was accepted
 
@@ -584,7 +583,7 @@ class ReceiveCipher:
             if (self._seen >> behind) & 1:
                 raise ReplayedMessage(f"nonce {counter} was accepted before: a replay")
         try:
-            plaintext = self._aead.decrypt(_nonce(bytes(payload[:2])), bytes(payload[2:]), None)
+            plaintext = self._aead.decrypt(_nonce(counter), payload[NONCE_SIZE:], None)
         except InvalidTag:
             raise DecryptFailed(
                 f"the channel message with nonce {counter} does not authenticate"
@@ -596,6 +595,6 @@ class ReceiveCipher:
             if ahead >= self._window:
                 self._seen = 1
             else:
-                self._seen = ((self._seen << ahead) | 1) & ((1 << self._window) - 1)
+                self._seen = ((self._seen << ahead) | 1) & self._mask
             self._highest = counter
         return plaintext

@@ -85,6 +85,28 @@ def _cpu(phase: str, side: str, baseline: Optional[str] = None, show: bool = Tru
                baseline=baseline or phase, ratio=key + "_ratio", show=show)
 
 
+def _secure(phase: str, label: str, target: float, latency: bool) -> Tuple[Row, ...]:
+    """The rows of a secure phase: each figure through the channel and the same client's plain
+    one (the same field prefixed ``plain_``), and the ratio secure / plain messages/s of each
+    run (the median of those, not the ratio of the medians)."""
+    def pair(field: str, text: str, unit: str, fmt: str, better: int) -> Tuple[Row, Row]:
+        return (
+            Row(f"{phase}_{field}", f"{text}, secure", unit, fmt, phase, field, better),
+            Row(f"{phase}_plain_{field}", f"{text}, plain", unit, fmt, phase, f"plain_{field}",
+                better),
+        )
+
+    return (
+        Row(f"{phase}_per_s", label, "msg/s", ",.0f", phase, "per_s"),
+        Row(f"{phase}_plain_per_s", "  the same client without the channel", "msg/s", ",.0f",
+            phase, "plain_per_s"),
+        Row(f"{phase}_ratio", "  secure / plain", "x", ".3f", phase, "ratio", target=target),
+        *(pair("p50_us", "  latency p50", "µs", ".1f", LOWER) if latency else ()),
+        *pair("server_cpu_us", "  responder CPU per message", "µs", ".2f", LOWER),
+        *pair("client_cpu_us", "  initiator CPU per message", "µs", ".2f", LOWER),
+    )
+
+
 ROWS: Tuple[Row, ...] = (
     # Sequential round trips on one connection, greenockam client and server.
     Row("rtt_per_s", "round trips, 1 conn", "msg/s", ",.0f", "rtt", "per_s",
@@ -126,6 +148,12 @@ ROWS: Tuple[Row, ...] = (
         "direct_per_s"),
     Row("hub_ratio", "  through the hub / straight", "x", ".3f", "hub", "ratio", target=0.5),
     Row("hub_cpu_us", "  hub CPU per message", "µs", ".2f", "hub", "hub_cpu_us", LOWER),
+    # Through a secure channel (the initiator is the client, the responder the echo server, in
+    # separate processes), against the same client plain to the same server in the same run
+    # (greenockam only).
+    *_secure("secure_rtt", "round trips through a secure channel", 0.75, latency=True),
+    *_secure("secure_pipelined", "pipelined through a secure channel, {secure_pipelined_n:,} msgs",
+             0.5, latency=False),
     # In-process figures (the codec phase: codec.MEASURES), greenockam only.
     Row("codec_encode_ns", "codec encode, reply popped", "ns", ",.0f", "codec", "encode_ns",
         LOWER),

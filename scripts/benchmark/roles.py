@@ -11,6 +11,10 @@ The greenockam clients are a ``Node`` + ``TcpTransport`` per connection using ``
 :mod:`.runner`). A client measures one phase, writes its result as one JSON line
 (:func:`.common.emit`) and exits; the result's fields are what :mod:`.report`'s rows read.
 
+The secure phases (greenockam only) run against ``scripts/echo_server.py`` too, which is also a
+secure channel responder: one client measures plain round trips or pipelined messages and then
+the same through a secure channel it opens to the server (:func:`client_secure`).
+
 The hub phase (greenockam only) has a server of its own, :func:`run_hub_echoer`: an echo worker
 that both listens and is registered at a hub (``scripts/hub.py``), so that one client can send
 to it straight and through the hub in the same run.
@@ -26,7 +30,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .common import MESSAGE, emit, greenockam_frames, raise_nofile
 
-PHASES = ("rtt", "pipelined", "conns", "idle", "hub")  # what a client process can measure
+# What a client process can measure.
+PHASES = ("rtt", "pipelined", "conns", "idle", "hub", "secure_rtt", "secure_pipelined")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -203,60 +208,76 @@ def client_rtt(
 ) -> Dict[str, Any]:
     """``n`` sequential round trips on one connection after ``warm`` unmeasured ones:
     messages/s, p50/p99 latency in µs and CPU per message of both sides."""
-    pc = time.perf_counter_ns
-    lat = [0] * n
-    if impl == "raw":
-        request, echo_reply = greenockam_frames(addr)
-        sock = raw_connect(addr, timeout)
-        reader = RawFrameReader(sock)
-        read = reader.read_frame
-        send = sock.send
-        size = len(request)
-        for _ in range(warm):
-            raw_send(sock, request)
-            read()
-        cpu0 = cpu_marks(server_pid)
-        start = pc()
-        for i in range(n):
-            t0 = pc()
-            if send(request) < size:
-                raise RuntimeError("short send")
-            frame = read()
-            lat[i] = pc() - t0
-        total = pc() - start
-        cpu1 = cpu_marks(server_pid)
-        last_ok = frame in (request, echo_reply)  # raw server: the request; greenockam: its reply
-        sock.close()
-    else:
+    if impl != "raw":
         from greenockam import Node
         from greenockam.transport.tcp import TcpTransport
 
         node = Node()
         TcpTransport(node, connect_timeout=timeout)
-        route = [f"1#{addr}", "echo_service"]
-        send = node.send
-        receive = node.receive
-        for _ in range(warm):
-            send(route, MESSAGE)
-            receive(timeout=timeout)
-        cpu0 = cpu_marks(server_pid)
-        start = pc()
-        for i in range(n):
-            t0 = pc()
-            send(route, MESSAGE)
-            reply = receive(timeout=timeout)
-            lat[i] = pc() - t0
-        total = pc() - start
-        cpu1 = cpu_marks(server_pid)
-        last_ok = reply.body == MESSAGE
+        result = gko_rtt(node, [f"1#{addr}", "echo_service"], n, warm, timeout, server_pid)
         node.stop(1)
+        return result
+    pc = time.perf_counter_ns
+    lat = [0] * n
+    request, echo_reply = greenockam_frames(addr)
+    sock = raw_connect(addr, timeout)
+    reader = RawFrameReader(sock)
+    read = reader.read_frame
+    send = sock.send
+    size = len(request)
+    for _ in range(warm):
+        raw_send(sock, request)
+        read()
+    cpu0 = cpu_marks(server_pid)
+    start = pc()
+    for i in range(n):
+        t0 = pc()
+        if send(request) < size:
+            raise RuntimeError("short send")
+        frame = read()
+        lat[i] = pc() - t0
+    total = pc() - start
+    cpu1 = cpu_marks(server_pid)
+    sock.close()
+    # The raw server echoes the request; the greenockam server sends its reply.
+    return rtt_result(total, lat, cpu0, cpu1, frame in (request, echo_reply))
+
+
+def gko_rtt(
+    node: Any, route: List[str], n: int, warm: int, timeout: float, server_pid: int
+) -> Dict[str, Any]:
+    """:func:`client_rtt` for greenockam: ``node`` sends along ``route`` and receives."""
+    pc = time.perf_counter_ns
+    lat = [0] * n
+    send = node.send
+    receive = node.receive
+    for _ in range(warm):
+        send(route, MESSAGE)
+        receive(timeout=timeout)
+    cpu0 = cpu_marks(server_pid)
+    start = pc()
+    for i in range(n):
+        t0 = pc()
+        send(route, MESSAGE)
+        reply = receive(timeout=timeout)
+        lat[i] = pc() - t0
+    total = pc() - start
+    cpu1 = cpu_marks(server_pid)
+    return rtt_result(total, lat, cpu0, cpu1, reply.body == MESSAGE)
+
+
+def rtt_result(
+    total_ns: int, lat: List[int], cpu0: Tuple[float, float], cpu1: Tuple[float, float], ok: bool
+) -> Dict[str, Any]:
+    """The result of a round-trip run: ``lat`` holds each round trip's nanoseconds."""
+    n = len(lat)
     lat.sort()
     return {
-        "per_s": n / (total / 1e9),
+        "per_s": n / (total_ns / 1e9),
         "p50_us": percentile(lat, 0.50) / 1000,
         "p99_us": percentile(lat, 0.99) / 1000,
         "n": n,
-        "ok": last_ok,
+        "ok": ok,
         **cpu_per_msg(cpu0, cpu1, n),
     }
 
@@ -324,10 +345,9 @@ def client_pipelined(
         TcpTransport(node, connect_timeout=timeout)
         route = [f"1#{addr}", "echo_service"]
         warm_up(node, route, timeout)
-        cpu0 = cpu_marks(server_pid)
-        total, ok = gko_pipelined(node, route, n, timeout)
-        cpu1 = cpu_marks(server_pid)
+        result = gko_pipelined_result(node, route, n, timeout, server_pid)
         node.stop(1)
+        return result
     return {"per_s": n / (total / 1e9), "n": n, "ok": ok, **cpu_per_msg(cpu0, cpu1, n)}
 
 
@@ -355,6 +375,56 @@ def gko_pipelined(node: Any, route: List[str], n: int, timeout: float) -> Tuple[
         reply = receive(timeout=timeout)
     g.get()
     return time.perf_counter_ns() - start, reply.body == MESSAGE
+
+
+def gko_pipelined_result(
+    node: Any, route: List[str], n: int, timeout: float, server_pid: int
+) -> Dict[str, Any]:
+    """:func:`client_pipelined` for greenockam along a warm ``route``: its result."""
+    cpu0 = cpu_marks(server_pid)
+    total, ok = gko_pipelined(node, route, n, timeout)
+    cpu1 = cpu_marks(server_pid)
+    return {"per_s": n / (total / 1e9), "n": n, "ok": ok, **cpu_per_msg(cpu0, cpu1, n)}
+
+
+def client_secure(
+    phase: str, addr: str, n: int, warm: int, timeout: float, server_pid: int
+) -> Dict[str, Any]:
+    """One initiator node and the echo server at ``addr`` (process ``server_pid``), which is
+    also the responder (its ``secure_channel_listener``): ``phase`` ``secure_rtt`` measures
+    round trips as :func:`client_rtt`, ``secure_pipelined`` pipelined messages as
+    :func:`client_pipelined`, first plain to ``echo_service`` and then through one secure
+    channel to it. The result is the secure run's, with the plain run's fields prefixed
+    ``plain_`` and ``ratio`` = secure / plain messages/s.
+
+    One channel carries the warm-up and the measured messages: together they must stay below
+    the 65,535 messages one handshake allows in each direction (docs/secure-channel.md).
+    """
+    from greenockam import Node
+    from greenockam.secure import open_secure_channel
+    from greenockam.transport.tcp import TcpTransport
+
+    node = Node()
+    TcpTransport(node, connect_timeout=timeout)
+    plain = [f"1#{addr}", "echo_service"]
+    channel = open_secure_channel(node, [f"1#{addr}", "secure_channel_listener"],
+                                  timeout=timeout)
+    secure = [str(channel.address), "echo_service"]
+    runs = []
+    for route in (plain, secure):
+        if phase == "secure_rtt":
+            runs.append(gko_rtt(node, route, n, warm, timeout, server_pid))
+        else:
+            warm_up(node, route, timeout)
+            runs.append(gko_pipelined_result(node, route, n, timeout, server_pid))
+    channel.close()
+    node.stop(1)
+    plain_run, result = runs
+    result.update({f"plain_{key}": value for key, value in plain_run.items()
+                   if key not in ("n", "ok")})
+    result["ratio"] = result["per_s"] / plain_run["per_s"]
+    result["ok"] = result["ok"] and plain_run["ok"]
+    return result
 
 
 def client_hub(
@@ -510,11 +580,11 @@ def run_client(
 ) -> int:
     """The client role: measure ``phase`` against the server at ``addr``, emit the result.
 
-    ``n`` and ``warm`` are the messages (rtt, pipelined, hub) or connections (idle) measured and
-    warmed up with; ``conns`` and ``per_conn`` size the conns phase; ``hub`` and ``forwarder``
-    are the hub phase's hub (``server_pid`` is then the hub's) and the echoer's forwarder
-    there. The whole phase must end within ``timeout`` seconds. Returns the exit status: 1 if
-    an echo came back wrong.
+    ``n`` and ``warm`` are the messages (rtt, pipelined, hub and the secure phases) or
+    connections (idle) measured and warmed up with; ``conns`` and ``per_conn`` size the conns
+    phase; ``hub`` and ``forwarder`` are the hub phase's hub (``server_pid`` is then the hub's)
+    and the echoer's forwarder there. The whole phase must end within ``timeout`` seconds.
+    Returns the exit status: 1 if an echo came back wrong.
     """
     import gevent
 
@@ -530,6 +600,8 @@ def run_client(
             result = client_idle(addr, n, warm, timeout)
         elif phase == "hub":
             result = client_hub(addr, hub, forwarder, n, timeout, server_pid)
+        elif phase in ("secure_rtt", "secure_pipelined"):
+            result = client_secure(phase, addr, n, warm, timeout, server_pid)
         else:
             raise SystemExit(f"unknown phase {phase}")
     if not result.get("ok"):

@@ -33,6 +33,9 @@ SIZES = {
     "rtt_n": (20000, 5000),
     "rtt_warm": (2000, 500),
     "pipelined_n": (200000, 50000),
+    # One secure channel carries a whole secure_pipelined run: its warm-up (100) and these stay
+    # below the 65,535 messages a handshake allows (the secure_rtt phase uses rtt_n, rtt_warm).
+    "secure_pipelined_n": (60000, 50000),
     "conns": (100, 100),
     "per_conn": (500, 100),
     "idle_n": (10000, 10000),
@@ -42,10 +45,11 @@ SIZES = {
 }
 
 # Phases in the order they run in each repetition; rtt_server is the raw client against the
-# greenockam server only (its baseline is the raw rtt run of the same repetition); hub is
-# greenockam only, its baseline measured by the same client in the same run.
-PHASES = ("rtt", "rtt_server", "pipelined", "conns", "idle", "hub")
-GKO_ONLY = ("rtt_server", "hub")
+# greenockam server only (its baseline is the raw rtt run of the same repetition); hub and the
+# secure phases are greenockam only, their baseline measured by the same client in the same run.
+PHASES = ("rtt", "rtt_server", "pipelined", "conns", "idle", "hub", "secure_rtt",
+          "secure_pipelined")
+GKO_ONLY = ("rtt_server", "hub", "secure_rtt", "secure_pipelined")
 
 
 def sizes(quick: bool) -> Dict[str, int]:
@@ -223,16 +227,19 @@ def client_argv(impl: str, phase: str, addr: str, timeout: float, **kw: Any) -> 
 def run_phase(impl: str, phase: str, cpus: Tuple[int, int], sizes: Dict[str, int],
               timeout: float) -> Dict[str, Any]:
     """One run of ``phase`` with ``impl`` (raw or gko): start its server and its client, return
-    the client's result (for idle, with the server's RSS growth per connection added)."""
+    the client's result (for idle, with the server's RSS growth per connection added). The
+    greenockam server is also the secure phases' responder."""
     server, addr = start_server(impl, cpus[0], 30)
     client_impl = impl
     if phase == "rtt_server":  # raw client, greenockam server
         client_impl, phase = "raw", "rtt"
     try:
-        if phase == "rtt":
+        if phase in ("rtt", "secure_rtt"):
             kw = {"n": sizes["rtt_n"], "warm": sizes["rtt_warm"], "server_pid": server.pid}
         elif phase == "pipelined":
             kw = {"n": sizes["pipelined_n"], "server_pid": server.pid}
+        elif phase == "secure_pipelined":
+            kw = {"n": sizes["secure_pipelined_n"], "server_pid": server.pid}
         elif phase == "conns":
             kw = {"conns": sizes["conns"], "per_conn": sizes["per_conn"], "server_pid": server.pid}
         else:
@@ -328,10 +335,12 @@ def run_all(reps: int, cpus: Tuple[int, int], sizes: Dict[str, int], timeout: fl
                     f"{r['bytes_per_conn']:,.0f} B/conn" if phase == "idle"
                     else f"{r['per_s']:,.0f} msg/s"
                 )
-                print(f"  rep {rep + 1} {phase:10} {impl:4} {shown:>18}  "
+                if "ratio" in r:
+                    shown += f", {r['ratio']:.3f}x"
+                print(f"  rep {rep + 1} {phase:16} {impl:4} {shown:>26}  "
                       f"({time.monotonic() - t0:.1f} s)", flush=True)
         codec = run_codec_phase(cpus[1], sizes["codec_number"], timeout)
         runs.setdefault(("gko", "codec"), []).append(codec)
-        print(f"  rep {rep + 1} codec           {codec['roundtrip_ns']:,.0f} ns enc+dec",
+        print(f"  rep {rep + 1} codec                 {codec['roundtrip_ns']:,.0f} ns enc+dec",
               flush=True)
     return runs
