@@ -400,7 +400,7 @@ class Node:
         if kind == LOCAL:
             ctx = self._contexts.get(value)
             if ctx is not None:
-                if len(ctx.mailbox) >= self.mailbox_size:
+                if len(ctx.mailbox.items) >= self.mailbox_size:
                     self.count_drop("mailbox_full")
                     raise MailboxFull(
                         f"the mailbox of {onward[0]} holds {self.mailbox_size} messages"
@@ -449,9 +449,10 @@ class Node:
         transport = self._transports.get(addr[0])
         return transport.on_close(addr, callback) if transport is not None else None
 
-    def count_routed(self) -> None:
-        """Count a message a transport's outlet carried for a local sender."""
-        self._routed += 1
+    def count_routed(self, n: int = 1) -> None:
+        """Count ``n`` messages routed outside :meth:`dispatch` and the router (a transport's
+        outlet, an endpoint's own fast path)."""
+        self._routed += n
 
     def readable(self, source: Source) -> None:
         """Tell the router greenlet that ``source`` has input (for transports; call it once per
@@ -566,7 +567,9 @@ class Node:
             "workers": len(self._workers),
             "contexts": len(contexts),
             "endpoints": len(self._endpoints),
-            "messages_routed": self._routed + self._router.routed,
+            "messages_routed": self._routed
+            + self._router.routed
+            + sum(ctx.outlet_sends for ctx in contexts),
             "handler_errors": self._handler_errors,
             "dropped": dict(self._dropped),
             "router_queue": len(self._router),

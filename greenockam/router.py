@@ -194,7 +194,7 @@ class Router:
             waiter = mailbox.push(msg)
             if waiter is not None:
                 wake.append(waiter)
-            if len(mailbox) > share:  # contended: count it, maybe hold its source
+            if len(mailbox.items) > share:  # contended: count it, maybe hold its source
                 ctx.contend(source)
             self.routed += 1
 
