@@ -29,7 +29,7 @@ from .errors import (
     RouteError,
 )
 from .mailbox import Mailbox
-from .message import BadPayload, Routed
+from .message import Routed, UndecodedRouted
 from .transport.base import Cancel, Held, Outlet, Source
 from .wire import VERSION, TransportMessage
 
@@ -308,7 +308,7 @@ class Context:
         try:
             body = self._decode(msg[3])
         except RemoteProtocolError as exc:
-            body = BadPayload(exc)
+            return _new_tuple(UndecodedRouted, msg + (msg[1][0], exc))
         return _new_tuple(Routed, msg + (msg[1][0], body))
 
     def _take(self, timeout: Optional[float]) -> TransportMessage:

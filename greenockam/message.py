@@ -6,22 +6,11 @@ from operator import itemgetter
 from typing import Any, Tuple
 
 from .address import Address, Route
-from .errors import RemoteProtocolError
 from .wire import TransportMessage
 
-__all__ = ["Routed", "BadPayload"]
+__all__ = ["Routed", "UndecodedRouted"]
 
 _new_tuple = tuple.__new__
-
-
-class BadPayload:
-    """What :attr:`Routed.body` holds for a payload that could not be decoded: reading the body
-    raises ``error``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: RemoteProtocolError) -> None:
-        self.error = error
 
 
 class Routed(Tuple[int, Route, Route, bytes, Address, Any]):
@@ -41,18 +30,12 @@ class Routed(Tuple[int, Route, Route, bytes, Address, Any]):
     return_route = property(itemgetter(2), doc="The route back to the sender.")
     payload = property(itemgetter(3), doc="The raw payload bytes.")
     address = property(itemgetter(4), doc="The local address it was delivered to.")
-    @property
-    def body(self) -> Any:
-        """The payload decoded with the receiver's codec and message type (``str`` by default).
-
-        Raises:
-            RemoteProtocolError: the payload is not a valid value of that type (a worker's
-                handler gets the message anyway, so one that only forwards it never loses it).
-        """
-        body = self[5]
-        if type(body) is BadPayload:
-            raise body.error
-        return body
+    body = property(
+        itemgetter(5),
+        doc="The payload decoded with the receiver's codec and message type (``str`` by "
+        "default). For a payload that is not a valid value of that type, a worker's handler gets "
+        "an :class:`UndecodedRouted`, whose ``body`` raises instead.",
+    )
 
     def __new__(cls, message: TransportMessage, address: Address, body: Any) -> Routed:
         return _new_tuple(cls, message + (address, body))
@@ -71,3 +54,18 @@ class Routed(Tuple[int, Route, Route, bytes, Address, Any]):
             f"Routed(onward={str(self[1])!r}, return={str(self[2])!r}, "
             f"payload={len(self[3])} bytes)"
         )
+
+
+class UndecodedRouted(Routed):
+    """A received message whose payload is not a valid value of the receiver's message type:
+    what a worker's handler gets for it (so a worker that only forwards never loses a message
+    for its payload). Its sixth item is the decoding error, and reading :attr:`body` raises it.
+    """
+
+    __slots__ = ()
+
+    @property
+    def body(self) -> Any:
+        """Raises:
+        RemoteProtocolError: why the payload could not be decoded."""
+        raise self[5]
