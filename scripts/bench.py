@@ -136,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The command line: the benchmark, or one of the roles it starts; the exit status."""
     parser = argparse.ArgumentParser(description="greenockam against raw gevent, side by side")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller sizes, 1 repetition (about 15 seconds)")
+                        help="smaller sizes, 1 repetition (about 30 seconds)")
     parser.add_argument("--reps", type=int, default=0, help="repetitions (default 3, quick 1)")
     parser.add_argument("--cpus", type=cpu_pair, default=(0, 0),
                         help="SERVER,CLIENT CPUs to pin to (default 0,0)")
