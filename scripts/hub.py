@@ -15,11 +15,8 @@ Prints ``hub listening on HOST:PORT`` once ready; runs until SIGINT or SIGTERM, 
 """
 
 import argparse
-import signal
 import sys
 
-import gevent
-from gevent.event import Event
 from loguru import logger
 
 from _cli import LOG_LEVELS, start_logging
@@ -79,9 +76,6 @@ def main(argv=None) -> int:
 
     start_logging(args.log_level)
 
-    stop = Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, stop.set)
 
     node = Node()
     node.context.close()  # nothing reads 0#app on a hub: what clients send there is dropped
@@ -97,8 +91,8 @@ def main(argv=None) -> int:
         bound = tcp.listen(args.address, mark=args.marks, confine=not args.no_confine)
         # A line the caller can wait for (the bound port matters when asked for port 0).
         print(f"hub listening on {bound}", flush=True)
-        stop.wait()
-        logger.info("stopping: {}", hub.statistics())
+        node.serve_forever()  # until SIGINT or SIGTERM, then a graceful stop
+        logger.info("stopped: {}", hub.statistics())
     except OSError as exc:
         print(f"error: cannot listen on {args.address}: {exc}", file=sys.stderr)
         return 1
