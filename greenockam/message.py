@@ -64,7 +64,7 @@ class UndecodedRouted(Routed):
 
     __slots__ = ()
 
-    @property
+    @property  # type: ignore[override,unused-ignore]  # Routed.body: property(itemgetter(5))
     def body(self) -> Any:
         """Raises:
         RemoteProtocolError: why the payload could not be decoded."""

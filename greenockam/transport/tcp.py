@@ -42,6 +42,7 @@ from typing import (
     Set,
     Tuple,
     Union,
+    cast,
 )
 
 import gevent
@@ -719,7 +720,9 @@ class TcpTransport:
                 return frame_with_routes(message[0], routes_raw, message[3])
             if source is None:
                 return encode_frame(message, pop_first=True)
-            cache = source._decoder.route_cache if isinstance(source, Connection) else None
+            cache = None
+            if isinstance(source, Connection):  # cast: mypy 1.13 cannot intersect the two
+                cache = cast(Connection, source)._decoder.route_cache
             return encode_frame(message, True, cache)  # a route pair it came with, encoded once
         except LocalProtocolError as exc:
             if source is None:
