@@ -356,15 +356,14 @@ class Context:
             self.hold(source)
 
     def hold(self, source: Source) -> None:
-        """The router calls this when a message from ``source`` took the mailbox past
-        ``mailbox_size``: pause ``source`` until the mailbox drains to half, and end a wait of
-        this worker's own send (:meth:`wait_unless_full`)."""
+        """Pause ``source`` (see :meth:`contend`) until the mailbox drains to half of
+        ``mailbox_size``, and end a wait of this worker's own send (:meth:`wait_unless_full`)."""
         if self._held.hold(source) and self._send_wait is not None:
             self._send_wait.set()
 
     @property
     def mailbox_full(self) -> bool:
-        """True while the mailbox is past its bound (connections feeding it are held)."""
+        """True while connections feeding this mailbox are held (past its bound or a share)."""
         return bool(self._held)
 
     def wait_unless_full(self, event: Event) -> bool:
