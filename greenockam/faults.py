@@ -73,6 +73,18 @@ class FaultLog:
         """Count one event of ``kind`` caused by ``peer`` and log ``message`` (formatted with
         ``args`` as loguru does) unless this kind from this host is past its burst. Callers
         pass remote-controlled ``args`` through :func:`printable`."""
+        self._log(level, kind, peer, message, args)
+
+    def warning(self, kind: str, peer: str, message: str, *args: Any) -> None:
+        """:meth:`log` at WARNING."""
+        self._log("WARNING", kind, peer, message, args)
+
+    def info(self, kind: str, peer: str, message: str, *args: Any) -> None:
+        """:meth:`log` at INFO."""
+        self._log("INFO", kind, peer, message, args)
+
+    def _log(self, level: str, kind: str, peer: str, message: str, args: Tuple[Any, ...]) -> None:
+        # depth=2: the line names the function that called log/warning/info, not this module
         self.counts[kind] = self.counts.get(kind, 0) + 1
         key = (kind, host_of(peer))
         window = self._window
@@ -80,20 +92,12 @@ class FaultLog:
             key = (kind, "*")
         n = window[key] = window.get(key, 0) + 1
         if n <= self.burst:
-            logger.opt(depth=1).log(level, message, *args)
+            logger.opt(depth=2).log(level, message, *args)
         else:
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
         if self._timer is None:
             self._timer = self._loop.timer(self.interval)
             self._timer.start(self.flush)
-
-    def warning(self, kind: str, peer: str, message: str, *args: Any) -> None:
-        """:meth:`log` at WARNING."""
-        self.log("WARNING", kind, peer, message, *args)
-
-    def info(self, kind: str, peer: str, message: str, *args: Any) -> None:
-        """:meth:`log` at INFO."""
-        self.log("INFO", kind, peer, message, *args)
 
     def flush(self) -> None:
         """End the interval: log one line for what was suppressed in it, if anything."""
