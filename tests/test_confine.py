@@ -127,6 +127,25 @@ def test_a_grant_covers_the_hop_after_the_mark_only(confined):
     assert confined.dropped() == 1
 
 
+def test_a_mark_written_into_a_return_route_and_reflected_back_grants_nothing(confined):
+    """C knows A's mark and writes it into the return route of a message it routes back to
+    itself through a pipe: what comes back carries [C's mark, A's mark, secret], but only the
+    first hop (the one M prepended) is granted, so C still cannot reach A's secret worker."""
+    a_node, _, a_mark = confined.client()
+    secret = a_node.open_context("secret")
+    c_node, c, c_mark = confined.client()
+    back_to_c = confined.pipe([c_mark, "app"])
+    message = TransportMessage(back_to_c, Route([a_mark, "secret"]), b"\x05forge")
+    c.send_message(message)
+    reflected = c.receive(timeout=T)
+    assert reflected.return_route[1:] == Route([c_mark, a_mark, "secret"])
+    c.send(confined.route(a_mark, "secret"), "attack")
+    c.send(confined.route("inbox"), "after")
+    assert confined.inbox.receive(timeout=T).body == "after"
+    nothing_waits(secret)
+    assert confined.dropped() == 1
+
+
 def test_an_endpoint_that_does_not_vouch_is_confined(confined):
     _, a, _ = confined.client()
     _, b, b_mark = confined.client()

@@ -765,34 +765,36 @@ class TcpTransport:
         return grants is not None and message[1][:2] in grants
 
     def _grant(self, conn: Connection, ret: Route) -> None:
-        """``ret`` is the return route of a frame written on ``conn``: grant ``conn`` every
-        confined mark in it (but its own), with the hop after the mark."""
+        """``ret`` is the return route of a frame written on ``conn``: grant ``conn`` its first
+        hop if that is a confined mark (but its own), with the hop after it. Only the first: that
+        is the mark this node prepended as the message arrived (docs/protocol.md, rule 4); what
+        follows it is what the sender claimed, and a sender could otherwise be granted any mark
+        by writing it into a return route and routing the message back to itself."""
         if ret is conn._granted:
             return  # a decoder repeats its route objects: granted last time, still the newest
         conn._granted = ret
-        confined = self._confined
         holder = conn.mark
-        for i, hop in enumerate(ret):
-            if hop not in confined or hop == holder:
-                continue
-            grant = ret[i : i + 2]
-            if len(grant) > 1 and len(grant[1][1]) > self.max_grant_hop:
-                continue
-            grants = self._grants.get(holder)
-            if grants is None:
-                grants = self._grants[holder] = {}
-            if grant in grants:
-                del grants[grant]  # granted again: now the most recent
-            else:
-                if len(grants) >= self.max_grants:
-                    oldest = next(iter(grants))
-                    del grants[oldest]
-                    self._unhold(oldest[0], holder)
-                counts = self._holders.get(hop)
-                if counts is None:
-                    counts = self._holders[hop] = {}
-                counts[holder] = counts.get(holder, 0) + 1
-            grants[grant] = None
+        if not ret or ret[0] not in self._confined or ret[0] == holder:
+            return
+        hop = ret[0]
+        grant = ret[0:2]
+        if len(grant) > 1 and len(grant[1][1]) > self.max_grant_hop:
+            return
+        grants = self._grants.get(holder)
+        if grants is None:
+            grants = self._grants[holder] = {}
+        if grant in grants:
+            del grants[grant]  # granted again: now the most recent
+        else:
+            if len(grants) >= self.max_grants:
+                oldest = next(iter(grants))
+                del grants[oldest]
+                self._unhold(oldest[0], holder)
+            counts = self._holders.get(hop)
+            if counts is None:
+                counts = self._holders[hop] = {}
+            counts[holder] = counts.get(holder, 0) + 1
+        grants[grant] = None
 
     def _unhold(self, mark: Address, holder: Address) -> None:
         """One grant of ``mark`` to ``holder`` is gone."""
