@@ -180,8 +180,8 @@ class Context:
         self._send(as_route(route), self.codec.encode(body), ret)
 
     def send_message(self, message: TransportMessage) -> None:
-        """Dispatch ``message`` as it is, with the return route it carries (a secure channel
-        re-routes what it decrypted this way). Raises as :meth:`send`."""
+        """Dispatch ``message`` as it is, with the return route it carries. Raises as
+        :meth:`send`."""
         self.node.dispatch(message)
 
     def reply(self, msg: Routed, body: Any) -> None:

@@ -515,6 +515,6 @@ class RemoteForwarder(Endpoint):
             return
         forward = _message(self.destination, message[2], message[3])
         if source is not None:
-            self.node.deliver([forward], source)
+            self.node.relay(forward, source)  # in order with the rest of the batch in hand
         else:
             self.node.dispatch(forward)

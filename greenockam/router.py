@@ -69,6 +69,7 @@ class Router:
         "_idle",
         "_hub",
         "_greenlet",
+        "_wake_list",
     )
 
     def __init__(
@@ -86,6 +87,7 @@ class Router:
         self._ready: Deque[_Batch] = deque()
         self._idle = False
         self._hub = node.hub
+        self._wake_list: List[Waiter] = []  # receivers to wake once the batch is dispatched
         self._greenlet = Greenlet.spawn(self._run)
 
     def __len__(self) -> int:
@@ -128,7 +130,7 @@ class Router:
         hub = self._hub
         run_callback = hub.loop.run_callback
         route = self.route
-        wake: List[Waiter] = []  # receivers to wake once the batch is dispatched
+        wake = self._wake_list
         while True:
             while ready:
                 source, messages = ready.popleft()
@@ -199,8 +201,12 @@ class Router:
             self.routed += 1
 
     def relay(self, message: TransportMessage, source: Source) -> None:
-        """Dispatch one message by the router's rules from outside the router greenlet (a
-        middleware worker's ``forward``), waking its receiver through the hub."""
+        """Dispatch one message by the router's rules: from an endpoint in the router greenlet,
+        as part of the batch in hand (its receiver is woken with the batch's); from another
+        greenlet (a middleware worker's ``forward``), waking its receiver through the hub."""
+        if getcurrent() is self._greenlet:
+            self.route([message], source, self._wake_list)
+            return
         wake: List[Waiter] = []
         self.route([message], source, wake)
         for waiter in wake:
