@@ -481,6 +481,7 @@ _FORMATS = {
 # Routes and addresses decoded by the bare codec, by their bytes, and the bare encodings of
 # addresses. Each is cleared wholesale when full: distinct values cost re-parsing, never memory.
 _CACHE_SIZE = 4096
+_KEY_BYTES = 256  # longer routes and addresses are not cached: entries stay small
 _decoded_routes: Dict[bytes, Route] = {}
 _decoded_addresses: Dict[bytes, Address] = {}
 _encoded_addresses: Dict[Address, bytes] = {}
@@ -930,7 +931,8 @@ class _Gen:
             out.append(f"{ind}    {start} = pos")
             self.dec_list(node, x, path, out, ind + "    ")
             out.append(f"{ind}    if len(routes) >= {_CACHE_SIZE}: routes.clear()")
-            out.append(f"{ind}    routes[data[{start}:pos]] = {x}")
+            keep = f"if pos - {start} <= {_KEY_BYTES}:"
+            out.append(f"{ind}    {keep} routes[data[{start}:pos]] = {x}")
         elif kind in ("list", "array", "route"):
             self.dec_list(node, x, path, out, ind)
         elif kind == "tuple":
@@ -963,7 +965,8 @@ class _Gen:
             out.append(f"{ind}    {start} = pos")
             self.dec_address(x, path, out, ind + "    ")
             out.append(f"{ind}    if len(addresses) >= {_CACHE_SIZE}: addresses.clear()")
-            out.append(f"{ind}    addresses[data[{start}:pos]] = {x}")
+            keep = f"if pos - {start} <= {_KEY_BYTES}:"
+            out.append(f"{ind}    {keep} addresses[data[{start}:pos]] = {x}")
         elif kind == "address":
             self.dec_address(x, path, out, ind)
         elif kind in ("unit_enum", "enum"):

@@ -675,9 +675,6 @@ class TcpTransport:
         :attr:`high_water`). A forwarded message never waits: failures are logged and counted,
         and a connection whose output is past :attr:`high_water` pauses ``source``.
         """
-        frame = self._frame(message, source)
-        if frame is None:
-            return
         peer = message[1][0][1]
         conn = self._connections.get(peer)
         if conn is None:
@@ -690,6 +687,13 @@ class TcpTransport:
             if source is not None and not self._may_dial(peer):
                 self.node.drop("no_connection", message, source)
                 return
+        elif conn.confined and source is not None and not self._admits(conn, message, source):
+            self.node.drop("confined", message, source)
+            return
+        frame = self._frame(message, source)  # after the drops above, before any connect
+        if frame is None:
+            return
+        if conn is None:
             try:
                 conn = self._open(peer)
             except NodeStopped:
@@ -697,9 +701,6 @@ class TcpTransport:
                     raise
                 self.node.drop("stopped", message, source)
                 return
-        elif conn.confined and source is not None and not self._admits(conn, message, source):
-            self.node.drop("confined", message, source)
-            return
         if self._confined:
             self._grant(conn, message[2])
         self.write(conn, frame, source)
