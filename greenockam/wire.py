@@ -26,7 +26,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 
 from .address import Address, Route
 from .codecs.primitives import BYTE as _BYTE
-from .codecs.primitives import decode_uint, encode_uint
+from .codecs.primitives import decode_uint, encode_route, encode_uint
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -136,17 +136,6 @@ class RouteCache:
 
 
 # --- routes ----------------------------------------------------------------------------------
-
-
-def encode_route(route: Tuple[Address, ...]) -> bytes:
-    """The BARE encoding of a route: count, then (type, length, value) per address."""
-    n = len(route)
-    parts = [_BYTE[n] if n < 0x80 else encode_uint(n)]
-    for kind, value in route:
-        data = value.encode("utf-8")
-        n = len(data)
-        parts += (_BYTE[kind], _BYTE[n] if n < 0x80 else encode_uint(n), data)
-    return b"".join(parts)
 
 
 def _parse_route(data: bytes, pos: int, end: int, base: int, what: str) -> Tuple[Route, int]:

@@ -6,7 +6,8 @@ The package has three layers, each importing only the ones below it:
   frame codec (:mod:`greenockam.wire`), which sits beside the payload codecs on top of them;
 * :mod:`~greenockam.codecs.typed`: message types declared as dataclasses, with fixed-width
   integers, lists, maps, enums and the rest of serde's data model (docs/typed-messages.md); it
-  encodes a BARE ``Route`` with the frame codec's :func:`~greenockam.wire.encode_route`;
+  encodes a BARE ``Route`` with :func:`~greenockam.codecs.primitives.encode_route`, as the frame
+  codec does;
 * :mod:`~greenockam.codecs.payload`: :class:`Codec`, the ``bare`` and ``bincode`` codecs a node
   and its contexts use.
 """

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["BYTE", "U64_LE", "encode_uint", "decode_uint", "read_u64_length"]
+__all__ = ["BYTE", "U64_LE", "encode_uint", "decode_uint", "encode_route", "read_u64_length"]
 
 BYTE: List[bytes] = [bytes((i,)) for i in range(256)]
 """``BYTE[n]`` is ``bytes((n,))`` without building it: one-byte ``uint`` values and type bytes."""
@@ -84,3 +84,16 @@ def read_u64_length(data: bytes, pos: int, end: int) -> Tuple[int, int]:
             f"a bincode length takes 8 bytes, {end - pos} remain at offset {pos}"
         )
     return U64_LE.unpack_from(data, pos)[0], pos + 8
+
+
+def encode_route(route: Tuple[Tuple[int, str], ...]) -> bytes:
+    """The BARE encoding of a route (a tuple of ``(type, value)`` addresses, such as a
+    :class:`~greenockam.address.Route`): count, then (type, length, value) per address; the
+    layout of docs/protocol.md, section 3. Used by the frame codec and the typed layer alike."""
+    n = len(route)
+    parts = [BYTE[n] if n < 0x80 else encode_uint(n)]
+    for kind, value in route:
+        data = value.encode("utf-8")
+        n = len(data)
+        parts += (BYTE[kind], BYTE[n] if n < 0x80 else encode_uint(n), data)
+    return b"".join(parts)

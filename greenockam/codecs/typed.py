@@ -56,8 +56,7 @@ from typing import (
 
 from ..address import Address, Route
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..wire import encode_route
-from .primitives import BYTE, decode_uint, encode_uint
+from .primitives import BYTE, decode_uint, encode_route, encode_uint
 
 if sys.version_info >= (3, 9):
     from typing import Annotated, get_args, get_origin, get_type_hints
