@@ -96,7 +96,14 @@ def main(argv=None) -> int:
         bound = tcp.listen(args.address) if not args.hub else None
         log_each = args.log_level != "OFF" and logger.level(args.log_level).no <= 20  # INFO
         node.start_worker(args.worker, Responder(log_each))
-        SecureChannelListener(node, identity=identity, trust=trust, local_only=True)
+        SecureChannelListener(  # bounded: established ends too, and idle ones are closed
+            node,
+            identity=identity,
+            trust=trust,
+            local_only=True,
+            max_channels=1024,
+            idle_timeout=600.0,
+        )
         if identity is not None:
             logger.info("secure channel public key {}", public_key(identity).hex())
         if args.hub:
