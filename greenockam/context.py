@@ -3,8 +3,9 @@ the application sends and receives.
 
 Sending (docs/protocol.md, rules 1 and 2): a message is dispatched in the sender's own greenlet
 (:meth:`Node.dispatch`), so a bad destination raises right there. After one send along a route,
-the next ones with the same return route take the transport's *outlet* for it (the connection and
-the encoded routes) unless it declines.
+the next ones with the same return route take the *outlet* that the transport or local endpoint
+at its first hop offers (a connection and the encoded routes, a secure channel's session) unless
+it declines.
 
 Receiving: the mailbox holds ``mailbox_size`` messages; what the network delivers past that bound
 holds its connection (:class:`~greenockam.transport.base.Held`) until a receiver has drained the
@@ -135,7 +136,7 @@ class Context:
         self._stopping = False
         self._send_wait: Optional[Event] = None  # what a send of this worker waits on
         self._relay = _Relay(self.address)
-        self.outlet_sends = 0  # messages a transport's outlet carried (see Node.statistics)
+        self.outlet_sends = 0  # messages an outlet carried (see Node.statistics)
 
     def __repr__(self) -> str:
         return f"<Context {self.address}>"
@@ -191,16 +192,15 @@ class Context:
     def _send(self, route: Route, payload: bytes, ret: Route) -> None:
         key: Any = route if ret is self._return_route else (route, ret)
         outlet = self._outlets.get(key)
-        if outlet is not None and outlet(payload):  # the transport's fast path took it
+        if outlet is not None and outlet(payload):  # the fast path took it
             self.outlet_sends += 1
             return
         self.node.dispatch(_new_tuple(TransportMessage, (VERSION, route, ret, payload)))
-        if route[0][0] != LOCAL:  # sent: the next message along this route may take a fast path
-            outlet = self.node.outlet(route, ret)
-            if outlet is not None:
-                if len(self._outlets) >= _OUTLETS_PER_CONTEXT:
-                    self._outlets.clear()
-                self._outlets[key] = outlet
+        outlet = self.node.outlet(route, ret)  # sent: the next ones may take a fast path
+        if outlet is not None:
+            if len(self._outlets) >= _OUTLETS_PER_CONTEXT:
+                self._outlets.clear()
+            self._outlets[key] = outlet
 
     def forward(self, msg: Routed) -> None:
         """Pass ``msg`` on as a middleware hop (docs/protocol.md, rule 5): pop this hop from the

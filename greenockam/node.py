@@ -432,9 +432,13 @@ class Node:
         self._router.relay(msg, source)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
-        """The fast path of the transport for ``route``'s first hop, if it offers one (see
-        :data:`~greenockam.transport.base.Outlet`)."""
-        transport = self._transports.get(route[0][0])
+        """The fast path of the local endpoint or the transport at ``route``'s first hop, if it
+        offers one (see :data:`~greenockam.transport.base.Outlet`); None for a context."""
+        kind, value = route[0]
+        if kind == LOCAL:
+            endpoint = self._endpoints.get(value)
+            return endpoint.outlet(route, return_route) if endpoint is not None else None
+        transport = self._transports.get(kind)
         return transport.outlet(route, return_route) if transport is not None else None
 
     def on_close(self, address: AddressLike, callback: Callable[[], None]) -> Optional[Cancel]:

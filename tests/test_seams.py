@@ -319,6 +319,46 @@ def test_a_chosen_return_route_on_a_route_used_before_is_not_replaced_by_the_old
         assert recv_frame(far) == ref_frame(["0#far"], ["0#first"], bare_str("e"))
 
 
+def test_an_endpoint_outlet_carries_a_contexts_next_sends_until_it_declines(node):
+    class Counting(Endpoint):  # handles by dispatch; offers an outlet that it can switch off
+        def __init__(self):
+            self.handled, self.through_outlet, self.open = [], [], True
+
+        def handle(self, message, source):
+            self.handled.append(message.payload)
+
+        def outlet(self, route_, return_route):
+            assert route_[0] == Address.parse("counting") and return_route == route("sender")
+
+            def send(payload):
+                if self.open:
+                    self.through_outlet.append(payload)
+                return self.open
+
+            return send
+
+    counting = Counting()
+    node.start_endpoint("counting", counting)
+    with node.open_context("sender") as ctx:
+        for body in ("a", "b", "c"):
+            ctx.send(["counting", "behind"], body)
+        counting.open = False
+        ctx.send(["counting", "behind"], "d")  # declined: the full path takes it
+    assert counting.handled == [bare_str("a"), bare_str("d")]
+    assert counting.through_outlet == [bare_str("b"), bare_str("c")]
+    assert node.statistics()["messages_routed"] == 4
+
+
+def test_an_endpoint_without_an_outlet_gets_every_message_by_dispatch(node):
+    recording = Recording()
+    node.start_endpoint("recording", recording)
+    with node.open_context("sender") as ctx:
+        for body in ("a", "b"):
+            ctx.send(["recording"], body)
+    got = [recording.got.get(timeout=WAIT) for _ in range(2)]
+    assert [message.payload for message, _, _ in got] == [bare_str("a"), bare_str("b")]
+
+
 # --- the connect policy for forwarded messages ---------------------------------------------------
 
 

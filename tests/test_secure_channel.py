@@ -521,6 +521,24 @@ def test_a_plaintext_too_large_for_one_frame_is_refused_before_anything_is_sent(
     assert echoer.seen.get(timeout=WAIT)[0] == "x" * 60000
 
 
+def test_a_contexts_repeated_sends_through_a_channel_fail_as_its_first_one_would(local):
+    node, _, echoer = local
+    channel = open_secure_channel(node, ["secure_channel_listener"], send_limit=4, timeout=WAIT)
+    with node.open_context() as app:
+        for i in range(3):  # after the first, the channel's outlet carries them
+            app.send([channel.address, "echoer"], f"m{i}")
+        with pytest.raises(LocalProtocolError):
+            app.send([channel.address, "echoer"], b"x" * 65500)
+        app.send([channel.address, "echoer"], "last")
+        with pytest.raises(NonceExhausted):
+            app.send([channel.address, "echoer"], "one too many")
+        assert [echoer.seen.get(timeout=WAIT)[0] for _ in range(4)] == ["m0", "m1", "m2", "last"]
+        assert channel.statistics()["sent"] == 4
+        channel.close()
+        with pytest.raises(UnknownAddress):
+            app.send([channel.address, "echoer"], "closed")
+
+
 def test_closing_a_channel_fails_a_waiting_request_and_frees_its_addresses(local):
     node, _, _ = local
     sink = Sink()

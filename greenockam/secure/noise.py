@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, NoReturn, Optional, Tuple
 
 with warnings.catch_warnings():
     # The last cryptography for Python 3.8 (47.0, which setup.py allows on purpose) warns on
@@ -505,19 +505,22 @@ class SendCipher:
             LocalProtocolError: ``plaintext`` is longer than :data:`MAX_PLAINTEXT` and could never
                 fit in a frame; nothing was encrypted and no nonce was used.
         """
+        counter = self._next
+        if counter >= self._limit or len(plaintext) > MAX_PLAINTEXT:
+            self._refuse(plaintext)
+        self._next = counter + 1  # taken before encrypting: whatever happens, never reused
+        nonce = _nonce(counter)
+        return nonce[12 - NONCE_SIZE :] + self._aead.encrypt(nonce, plaintext, None)
+
+    def _refuse(self, plaintext: bytes) -> NoReturn:
         if len(plaintext) > MAX_PLAINTEXT:
             raise LocalProtocolError(
                 f"a plaintext of {len(plaintext)} bytes cannot fit in one frame "
                 f"(at most {MAX_PLAINTEXT} bytes, less the size of the routes)"
             )
-        counter = self._next
-        if counter >= self._limit:
-            raise NonceExhausted(
-                f"this channel end has sent its {self._limit} messages; open a fresh channel"
-            )
-        self._next = counter + 1  # taken before encrypting: whatever happens, never reused
-        nonce = _nonce(counter)
-        return nonce[-NONCE_SIZE:] + self._aead.encrypt(nonce, plaintext, None)
+        raise NonceExhausted(
+            f"this channel end has sent its {self._limit} messages; open a fresh channel"
+        )
 
 
 class ReceiveCipher:
@@ -588,7 +591,10 @@ class ReceiveCipher:
             raise DecryptFailed(
                 f"the channel message with nonce {counter} does not authenticate"
             ) from None
-        if behind >= 0:
+        if behind == -1:  # the next nonce: most messages
+            self._seen = ((self._seen << 1) | 1) & self._mask
+            self._highest = counter
+        elif behind >= 0:
             self._seen |= 1 << behind
         else:
             ahead = -behind

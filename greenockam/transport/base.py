@@ -22,9 +22,10 @@ from ..wire import TransportMessage
 __all__ = ["Source", "Vouched", "Transport", "Outlet", "Endpoint", "Held", "Cancel"]
 
 Outlet = Callable[[bytes], bool]
-"""A transport's fast path for one local sender along one pair of routes: takes an encoded
-payload and returns True once it is queued, or False (doing nothing) when the full
-:meth:`Transport.send` path is needed (a closed connection, a full output)."""
+"""A fast path for one local sender along one pair of routes, offered by a transport
+(:meth:`Transport.outlet`) or an endpoint (:meth:`Endpoint.outlet`): takes an encoded payload and
+returns True once it is sent or queued, or False (doing nothing) when the full path is needed
+(a closed connection or channel, a full output); then the sender dispatches the message."""
 
 Cancel = Callable[[], None]
 """Undoes a registration, such as a close watch; calling it twice is harmless."""
@@ -137,6 +138,13 @@ class Endpoint:
         raise :class:`~greenockam.errors.GreenockamError` to it.
         """
         raise NotImplementedError(f"{type(self).__name__} must override handle")
+
+    def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
+        """A fast path for a local sender's next messages along ``route`` (which starts with
+        this endpoint's address) with ``return_route``, or None (the default). Asked after a
+        message along ``route`` was handled; the outlet must return False once the endpoint no
+        longer takes messages, so that the sender's next message takes the full path."""
+        return None
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         """Watch the connection behind this endpoint, if it stands for one (see
