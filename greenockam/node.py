@@ -429,7 +429,18 @@ class Node:
         """
         if self._state != _RUNNING:
             raise NodeStopped("the node is stopped")
-        self._router.relay(msg, source)
+        self._router.relay([msg], source)
+
+    def relay_run(self, messages: List[TransportMessage], source: Source) -> None:
+        """:meth:`relay` for several messages from ``source``, in order: what an endpoint that
+        takes runs (:attr:`~greenockam.transport.base.Endpoint.handle_run`) sends on.
+
+        Raises:
+            NodeStopped: the node is stopped.
+        """
+        if self._state != _RUNNING:
+            raise NodeStopped("the node is stopped")
+        self._router.relay(messages, source)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
         """The fast path of the local endpoint or the transport at ``route``'s first hop, if it

@@ -168,13 +168,20 @@ class Router:
         share = self.node.source_share
         drop = self.node.drop
         last_onward: Any = None
-        last_ctx: Any = None
+        last_ctx: Any = None  # the context of last_onward; None: an endpoint's (see run)
+        run: Optional[List[TransportMessage]] = None  # messages in a row for one endpoint
         for msg in messages:
             onward = msg[1]
             if onward is last_onward:
                 ctx = last_ctx
+                if ctx is None:
+                    run.append(msg)  # type: ignore[union-attr]
+                    continue
             else:
-                last_onward = None  # until this route resolves to a local context
+                if run is not None:  # handed over before anything after it is routed
+                    self._to_endpoint(run, source)
+                    run = None
+                last_onward = None  # until this route resolves to a local context or endpoint
                 if not onward:
                     drop("empty_route", msg, source)
                     continue
@@ -189,7 +196,8 @@ class Router:
                     continue
                 ctx = contexts.get(value)
                 if ctx is None:
-                    self._to_endpoint(msg, source)
+                    run = [msg]
+                    last_onward, last_ctx = onward, None
                     continue
                 last_onward, last_ctx = onward, ctx
             mailbox = ctx.mailbox
@@ -199,29 +207,44 @@ class Router:
             if len(mailbox.items) > share:  # contended: count it, maybe hold its source
                 ctx.contend(source)
             self.routed += 1
+        if run is not None:
+            self._to_endpoint(run, source)
 
-    def relay(self, message: TransportMessage, source: Source) -> None:
-        """Dispatch one message by the router's rules: from an endpoint in the router greenlet,
-        as part of the batch in hand (its receiver is woken with the batch's); from another
-        greenlet (a middleware worker's ``forward``), waking its receiver through the hub."""
+    def relay(self, messages: List[TransportMessage], source: Source) -> None:
+        """Dispatch messages by the router's rules: from an endpoint in the router greenlet,
+        as part of the batch in hand (their receivers are woken with the batch's); from another
+        greenlet (a middleware worker's ``forward``), waking their receivers through the hub."""
         if getcurrent() is self._greenlet:
-            self.route([message], source, self._wake_list)
+            self.route(messages, source, self._wake_list)
             return
         wake: List[Waiter] = []
-        self.route([message], source, wake)
+        self.route(messages, source, wake)
         for waiter in wake:
             self._hub.loop.run_callback(waiter.switch, None)
 
-    def _to_endpoint(self, msg: TransportMessage, source: Source) -> None:
-        endpoint = self._endpoints.get(msg[1][0][1])
+    def _to_endpoint(self, run: List[TransportMessage], source: Source) -> None:
+        """Hand messages in a row with one onward route to the endpoint at its first address:
+        all at once if it takes runs (:attr:`Endpoint.handle_run`), else one by one. A failure
+        is logged and counted; one message that fails does not stop the others."""
+        endpoint = self._endpoints.get(run[0][1][0][1])
         if endpoint is None:
-            self.node.drop("unknown_address", msg, source)
+            for msg in run:
+                self.node.drop("unknown_address", msg, source)
             return
+        handle_run = endpoint.handle_run
+        if handle_run is not None:
+            self._handle(handle_run, run, run, source)
+        else:
+            handle = endpoint.handle
+            for msg in run:
+                self._handle(handle, msg, run, source)
+        self.routed += len(run)
+
+    def _handle(self, handle: Any, what: Any, run: List[TransportMessage], source: Source) -> None:
         try:
-            endpoint.handle(msg, source)
+            handle(what, source)
         except Exception as exc:  # an endpoint bug must not take the router down
             logger.error(
-                "endpoint {} failed:\n{}", printable(msg[1][0]), format_traceback(exc)
+                "endpoint {} failed:\n{}", printable(run[0][1][0]), format_traceback(exc)
             )
             self.node.count_drop("endpoint_error")
-        self.routed += 1

@@ -338,16 +338,17 @@ class _Session:
 
 
 class _RemoteSide(Endpoint):
-    """The address of a session that faces the other end: handshake messages and ciphertexts.
+    """The address of a session that faces the other end: handshake messages and ciphertexts,
+    taken in runs (:meth:`SecureChannel.from_remote` for the session itself)."""
 
-    Its ``handle`` is the channel's :meth:`SecureChannel.from_remote` for the session itself,
-    so that a message costs no Python call in between.
-    """
-
-    __slots__ = ("handle",)
+    __slots__ = ("_session", "handle_run")
 
     def __init__(self, session: _Session) -> None:
-        self.handle = partial(session.channel.from_remote, session)  # type: ignore[method-assign]
+        self._session = session
+        self.handle_run = partial(session.channel.from_remote, session)
+
+    def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
+        self._session.channel.from_remote(self._session, [message], source)
 
 
 class _LocalSide(Endpoint):
@@ -660,60 +661,82 @@ class SecureChannel:
             self.node.drop("stopped", message, source)
 
     def from_remote(
-        self, session: _Session, message: TransportMessage, source: Optional[Source]
+        self, session: _Session, messages: List[TransportMessage], source: Optional[Source]
     ) -> None:
-        """A message at a session's remote address: a handshake message, or a ciphertext to
-        decrypt and route locally. Bad input is dropped, logged and counted, never raised."""
-        try:
-            if session.receive is None:
-                self._handshake(session, message, _undata(message[3]), source)
-                return
-            inner = session.open(message[3])
-        except UntrustedPeer as exc:
+        """Messages that came in a row to a session's remote address: handshake messages, or
+        ciphertexts to decrypt and route locally, all together and in order. Bad input is
+        dropped, logged and counted, never raised, and costs only its own message."""
+        delivered = []
+        for message in messages:
+            try:
+                if session.receive is None:
+                    self._handshake(session, message, _undata(message[3]), source)
+                    continue
+                inner = session.open(message[3])
+            except RemoteProtocolError as exc:  # the handshake's and the ciphers' errors too
+                self._refused(session, message, exc)
+                continue
+            onward = inner[1]
+            # The decoder repeats route objects: each is checked once, its return route
+            # prepended once.
+            if onward is not self._last_checked and not self._deliverable(inner):
+                continue
+            ret = inner[2]
+            if ret is not self._last_return:
+                self._last_return, self._last_prepended = ret, ret.prepend(self.address)
+            delivered.append(
+                _new_tuple(TransportMessage, (inner[0], onward, self._last_prepended, inner[3]))
+            )
+        if not delivered:
+            return
+        self._received += len(delivered)
+        node = self.node
+        if source is not None:
+            try:
+                node.relay_run(delivered, source)
+            except NodeStopped:
+                for message in delivered:
+                    node.drop("stopped", message, source)
+            return
+        for message in delivered:
+            try:
+                node.dispatch(message)
+            except GreenockamError as exc:  # a local sender's channel: its peer's message
+                node.drop("secure_channel_undeliverable", message, exc)
+
+    def _refused(
+        self, session: _Session, message: TransportMessage, exc: RemoteProtocolError
+    ) -> None:
+        """Count and drop a message at a remote address that did not decrypt or authenticate;
+        an untrusted peer also ends the handshake."""
+        if isinstance(exc, UntrustedPeer):
             self._count("untrusted")
             self.node.drop("secure_channel_untrusted", message, exc)
             self.session_failed(session, exc)
-            return
-        except ReplayedMessage as exc:
+        elif isinstance(exc, ReplayedMessage):
             self._count("replayed")
             self.node.drop("secure_channel_replayed", message, exc)
-            return
-        except HandshakeFailed as exc:
+        elif isinstance(exc, HandshakeFailed):
             self._count("bad_handshake")
             self.node.drop("secure_channel_bad_handshake", message, exc)
-            return
-        except RemoteProtocolError as exc:
+        else:
             self._count("undecryptable")
             self.node.drop("secure_channel_undecryptable", message, exc)
-            return
-        self._received += 1
+
+    def _deliverable(self, inner: TransportMessage) -> bool:
+        """Whether a decrypted message's onward route may be routed from here (it is remembered
+        when it may); a message that may not is dropped and counted."""
         onward = inner[1]
-        if onward is not self._last_checked:  # the decoder repeats route objects: checked once
-            if not onward:
-                self._count("empty_route")
-                self.node.drop("secure_channel_empty_route", inner, "decrypted, empty onward route")
-                return
-            if self._local_only and any(hop[0] != LOCAL for hop in onward):
-                self._count("not_local")
-                self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
-                return
-            self._last_checked = onward
-        ret = inner[2]
-        if ret is not self._last_return:  # the decoder repeats route objects: one prepend each
-            self._last_return, self._last_prepended = ret, ret.prepend(self.address)
-        delivered = _new_tuple(
-            TransportMessage, (inner[0], onward, self._last_prepended, inner[3])
-        )
-        if source is not None:
-            try:
-                self.node.relay(delivered, source)
-            except NodeStopped:
-                self.node.drop("stopped", delivered, source)
-            return
-        try:
-            self.node.dispatch(delivered)
-        except GreenockamError as exc:  # a local sender's channel: its peer's message, not its
-            self.node.drop("secure_channel_undeliverable", delivered, exc)
+        if not onward:
+            self._count("empty_route")
+            self.node.drop("secure_channel_empty_route", inner, "decrypted, empty onward route")
+            return False
+        if self._local_only and any(hop[0] != LOCAL for hop in onward):
+            self._count("not_local")
+            self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
+            return False
+        self._last_checked = onward
+        return True
 
     def from_local(self, message: TransportMessage, source: Optional[Source]) -> None:
         """A message sent through the channel: encrypt it and send it to the other end.

@@ -127,7 +127,17 @@ class Endpoint:
     in the router greenlet, without a greenlet switch (a forwarder, a connection's mark).
 
     Register one with :meth:`Node.start_endpoint`; remove it with :meth:`Node.stop_endpoint`.
+
+    Attributes:
+        handle_run: None (the default), or a function that takes a list of messages that came
+            in a row from one source with the same onward route, and that source: the router
+            then hands over such runs at once (before it routes anything that came after
+            them), so that an endpoint can work on them in one go, and send them on together
+            with :meth:`Node.relay_run`. Like :meth:`handle` with a source, it must not block or
+            raise.
     """
+
+    handle_run: Optional[Callable[[List[TransportMessage], Source], None]] = None
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         """Take ``message`` (its onward route still starts with this endpoint's address).
