@@ -438,3 +438,19 @@ def run_process(argv, timeout=SCRIPT_WAIT, **options):
 def run_script(name, *args, timeout=SCRIPT_WAIT, **options):
     """Run ``scripts/NAME ARGS...`` to its end (see :func:`run_process`)."""
     return run_process([sys.executable, os.path.join(SCRIPTS, name), *args], timeout, **options)
+
+
+class Line:
+    """A source for ``Node.deliver``: a connection as the router sees it, with nothing behind."""
+
+    peer = "127.0.0.1:5"
+    mark = None
+
+    def read(self):
+        return []
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass

@@ -27,6 +27,7 @@ from greenockam.transport.base import Endpoint
 from helpers import (
     WAIT,
     Echo,
+    Line,
     bare_str,
     peer_name,
     poll_until,
@@ -139,6 +140,53 @@ def test_an_endpoint_gets_local_messages_in_the_senders_greenlet_with_no_source(
     assert greenlet is getcurrent()
     assert message.onward_route == route("ep", "beyond")  # its own address still first
     assert message.return_route == route("app")
+
+
+def test_an_endpoint_that_takes_runs_gets_messages_in_a_row_at_once_and_in_order(node):
+    seen = Queue()
+
+    class Runs(Endpoint):
+        def handle(self, message, source):
+            seen.put(("one", [message.payload], source))
+
+        def handle_run(self, messages, source):
+            seen.put(("run", [m.payload for m in messages], source))
+
+    class One(Endpoint):
+        def handle(self, message, source):
+            seen.put(("other", [message.payload], source))
+
+    node.start_endpoint("runs", Runs())
+    node.start_endpoint("other", One())
+    to_runs, to_other, back = route("runs"), route("other"), route("peer")  # as a decoder does
+    line = Line()
+    node.deliver(
+        [TransportMessage(to, back, bytes([i])) for i, to in
+         enumerate([to_runs, to_runs, to_runs, to_other, to_runs])],
+        line,
+    )
+    got = [seen.get(timeout=WAIT) for _ in range(3)]
+    assert got == [("run", [b"\0", b"\1", b"\2"], line), ("other", [b"\3"], line),
+                   ("run", [b"\4"], line)]
+    assert node.statistics()["messages_routed"] == 5
+
+
+def test_an_endpoint_failing_on_one_message_of_a_run_loses_only_that_message(node):
+    handled = Queue()
+
+    class Picky(Endpoint):
+        def handle(self, message, source):
+            if message.payload == b"bad":
+                raise RuntimeError("a bug in the endpoint")
+            handled.put(message.payload)
+
+    node.start_endpoint("picky", Picky())
+    to_picky, back = route("picky"), route("peer")
+    node.deliver(
+        [TransportMessage(to_picky, back, p) for p in (b"one", b"bad", b"two")], Line()
+    )
+    assert [handled.get(timeout=WAIT) for _ in range(2)] == [b"one", b"two"]
+    assert node.statistics()["dropped"]["endpoint_error"] == 1
 
 
 def test_an_endpoint_gets_network_messages_in_the_router_greenlet_with_their_source(net):

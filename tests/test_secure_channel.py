@@ -54,7 +54,7 @@ from greenockam.secure import (
 from greenockam.secure.channel import decode_create_responder, encode_create_responder
 from greenockam.transport.tcp import TcpTransport
 from greenockam.wire import decode_body, encode_body
-from helpers import WAIT, split_host_port
+from helpers import WAIT, Line, split_host_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -375,6 +375,20 @@ def test_tampered_and_truncated_ciphertexts_are_dropped_and_the_channel_goes_on(
     assert echoer.seen.empty()
     peer.send_sealed(peer.sealed(["echoer"], "after"))
     assert echoer.seen.get(timeout=WAIT)[0] == "after"
+
+
+def test_in_a_run_of_ciphertexts_only_the_bad_ones_are_lost(local):
+    node, _, echoer = local
+    peer = RawInitiator(node).open()
+    first = peer.sealed(["echoer"], "first")
+    genuine = BARE.decode(peer.sealed(["echoer"], "x"), bytes)
+    tampered = BARE.encode(genuine[:-1] + bytes([genuine[-1] ^ 1]))
+    payloads = [first, tampered, first, peer.sealed(["echoer"], "last")]  # first again: replay
+    back = Route(["1#127.0.0.1:5"])
+    node.deliver([TransportMessage(peer.route, back, p) for p in payloads], Line())  # one run
+    assert [echoer.seen.get(timeout=WAIT)[0] for _ in range(2)] == ["first", "last"]
+    assert dropped(node, "secure_channel_undecryptable") == 1
+    assert dropped(node, "secure_channel_replayed") == 1
 
 
 def test_a_decrypted_message_with_an_empty_onward_route_is_dropped_not_fatal(local):
