@@ -223,9 +223,11 @@ class _Session:
         "timer",
         "closed",
         "decoder",
-        "inner_routes",
         "inner_onward",
         "inner_return",
+        "inner_delivered",
+        "inner_head",
+        "inner_skip",
         "outlet",
     )
 
@@ -242,10 +244,13 @@ class _Session:
         self.timer: Any = None
         self.closed = False
         self.decoder = FrameDecoder()  # decodes the inner messages (their routes repeat)
-        # The encoded routes of the last inner message decoded, and the routes: the next
-        # message through a channel mostly repeats them, with a one-byte payload length.
-        self.inner_routes = b""
-        self.inner_onward = self.inner_return = self.remote_return
+        # The routes of the last inner message routed, the return route it was delivered with
+        # (this end's address in front), and how it began (the version byte and the encoded
+        # routes; inner_skip bytes, 0 for none): the next message through a channel mostly
+        # repeats them, with a one-byte payload length, and then needs no parse or check.
+        self.inner_onward = self.inner_return = self.inner_delivered = self.remote_return
+        self.inner_head = b""
+        self.inner_skip = 0
         self.outlet: Optional[Outlet] = None  # the transport's fast path along ``route``
 
     def start_timer(self, seconds: float) -> None:
@@ -263,9 +268,10 @@ class _Session:
                 self, HandshakeTimeout(f"no secure channel handshake along {self.route} in time")
             )
 
-    def open(self, payload: bytes) -> TransportMessage:
-        """The inner message that a ciphertext payload (a BARE ``data<>``) holds, decrypted
-        (docs/secure-channel.md, section 4).
+    def open(self, payload: bytes) -> Optional[TransportMessage]:
+        """The message to route locally for a ciphertext payload (a BARE ``data<>``): the inner
+        message it holds (docs/secure-channel.md, section 4) with this end's address in front
+        of its return route; None when the channel may not route it (dropped and counted).
 
         Raises:
             RemoteProtocolError: not one ``data<>``, or the plaintext is not one valid message
@@ -276,14 +282,14 @@ class _Session:
             plaintext = self.receive.decrypt(payload[1:])
         else:
             plaintext = self.receive.decrypt(_undata(payload))
-        raw = self.inner_routes
-        p = len(raw) + 1  # after the version byte and the routes
+        p = self.inner_skip
         size = len(plaintext) - p - 1
-        if raw and 0 <= size < 0x80 and plaintext[p] == size and plaintext.startswith(raw, 1):
-            # The routes of the last message, and a one-byte payload length: no parse.
+        if p and 0 <= size < 0x80 and plaintext[p] == size and plaintext.startswith(
+            self.inner_head
+        ):  # the last message's routes and a one-byte payload length: no parse, no check
             return _new_tuple(
                 TransportMessage,
-                (plaintext[0], self.inner_onward, self.inner_return, plaintext[p + 1 :]),
+                (plaintext[0], self.inner_onward, self.inner_delivered, plaintext[p + 1 :]),
             )
         try:
             (message,) = self.decoder.feed(_frame_length(len(plaintext)) + plaintext)
@@ -292,10 +298,17 @@ class _Session:
             raise RemoteProtocolError("a decrypted channel message is not a message") from None
         onward, ret = message[1], message[2]
         if onward is not self.inner_onward or ret is not self.inner_return:
+            # New routes (the decoder repeats route objects): checked and prepended once.
+            channel = self.channel
+            if not channel.deliverable(message):
+                return None
+            self.inner_onward, self.inner_return = onward, ret
+            self.inner_delivered = ret.prepend(channel.address)
             raw = encode_route(onward) + encode_route(ret)
-            if plaintext.startswith(raw, 1):  # encoded as we encode them: the next may match
-                self.inner_routes, self.inner_onward, self.inner_return = raw, onward, ret
-        return message
+            # Encoded as we encode them: the next message may match them byte for byte.
+            self.inner_skip = len(raw) + 1 if plaintext.startswith(raw, 1) else 0
+            self.inner_head = plaintext[: self.inner_skip]
+        return _new_tuple(TransportMessage, (message[0], onward, self.inner_delivered, message[3]))
 
     def transmit(self, payload: bytes) -> None:
         """Send a ciphertext payload to the other end for a local sender: through the
@@ -424,10 +437,7 @@ class SecureChannel:
         self._sent = 0
         self._received = 0
         self._watchers: Dict[int, Callable[[], None]] = {}
-        # The last routes each direction worked on, and what it made of them.
-        self._last_return: Any = None
-        self._last_prepended: Route = Route()
-        self._last_checked: Any = None  # the last decrypted onward route that passed the checks
+        # The last routes sent through this end by from_local, and the inner head they make.
         self._last_onward: Any = None
         self._last_sender: Any = None
         self._last_head = b""  # the inner message's version byte and encoded routes
@@ -672,21 +682,12 @@ class SecureChannel:
                 if session.receive is None:
                     self._handshake(session, message, _undata(message[3]), source)
                     continue
-                inner = session.open(message[3])
+                opened = session.open(message[3])
             except RemoteProtocolError as exc:  # the handshake's and the ciphers' errors too
                 self._refused(session, message, exc)
                 continue
-            onward = inner[1]
-            # The decoder repeats route objects: each is checked once, its return route
-            # prepended once.
-            if onward is not self._last_checked and not self._deliverable(inner):
-                continue
-            ret = inner[2]
-            if ret is not self._last_return:
-                self._last_return, self._last_prepended = ret, ret.prepend(self.address)
-            delivered.append(
-                _new_tuple(TransportMessage, (inner[0], onward, self._last_prepended, inner[3]))
-            )
+            if opened is not None:
+                delivered.append(opened)
         if not delivered:
             return
         self._received += len(delivered)
@@ -723,9 +724,9 @@ class SecureChannel:
             self._count("undecryptable")
             self.node.drop("secure_channel_undecryptable", message, exc)
 
-    def _deliverable(self, inner: TransportMessage) -> bool:
-        """Whether a decrypted message's onward route may be routed from here (it is remembered
-        when it may); a message that may not is dropped and counted."""
+    def deliverable(self, inner: TransportMessage) -> bool:
+        """Whether a decrypted message's onward route may be routed from here; a message that
+        may not is dropped and counted."""
         onward = inner[1]
         if not onward:
             self._count("empty_route")
@@ -735,7 +736,6 @@ class SecureChannel:
             self._count("not_local")
             self.node.drop("secure_channel_not_local", inner, "local_only: a non-local hop")
             return False
-        self._last_checked = onward
         return True
 
     def from_local(self, message: TransportMessage, source: Optional[Source]) -> None:
