@@ -233,18 +233,19 @@ class Router:
             return
         handle_run = endpoint.handle_run
         if handle_run is not None:
-            self._handle(handle_run, run, run, source)
+            try:
+                handle_run(run, source)
+            except Exception as exc:  # an endpoint bug must not take the router down
+                self._failed(run, exc)
         else:
             handle = endpoint.handle
             for msg in run:
-                self._handle(handle, msg, run, source)
+                try:
+                    handle(msg, source)
+                except Exception as exc:
+                    self._failed(run, exc)
         self.routed += len(run)
 
-    def _handle(self, handle: Any, what: Any, run: List[TransportMessage], source: Source) -> None:
-        try:
-            handle(what, source)
-        except Exception as exc:  # an endpoint bug must not take the router down
-            logger.error(
-                "endpoint {} failed:\n{}", printable(run[0][1][0]), format_traceback(exc)
-            )
-            self.node.count_drop("endpoint_error")
+    def _failed(self, run: List[TransportMessage], exc: Exception) -> None:
+        logger.error("endpoint {} failed:\n{}", printable(run[0][1][0]), format_traceback(exc))
+        self.node.count_drop("endpoint_error")

@@ -510,7 +510,7 @@ class SendCipher:
             self._refuse(plaintext)
         self._next = counter + 1  # taken before encrypting: whatever happens, never reused
         nonce = _nonce(counter)
-        return nonce[12 - NONCE_SIZE :] + self._aead.encrypt(nonce, plaintext, None)
+        return nonce[10:] + self._aead.encrypt(nonce, plaintext, None)  # the last NONCE_SIZE
 
     def _refuse(self, plaintext: bytes) -> NoReturn:
         if len(plaintext) > MAX_PLAINTEXT:
