@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -172,11 +171,6 @@ def _verifier(trust: Trust) -> Optional[Callable[[bytes], bool]]:
 
 
 # Every established channel end of a node by its local address value, for channel_of().
-_channels: weakref.WeakKeyDictionary[Node, Dict[str, SecureChannel]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def channel_of(
     node: Union[Node, Context], message: Union[Routed, Route, AddressLike]
 ) -> Optional[SecureChannel]:
@@ -197,9 +191,8 @@ def channel_of(
         address: Address = route[0]
     else:
         address = Address.parse(message)
-    if address[0] != LOCAL:
-        return None
-    return _channels.get(node, {}).get(address[1])
+    endpoint = node.endpoint(address)
+    return endpoint.channel if isinstance(endpoint, _LocalSide) else None
 
 
 class _Session:
@@ -367,20 +360,20 @@ class _RemoteSide(Endpoint):
 class _LocalSide(Endpoint):
     """The channel's address that faces local workers: what is sent through it is encrypted."""
 
-    __slots__ = ("_channel", "handle")
+    __slots__ = ("channel", "handle")
 
     def __init__(self, channel: SecureChannel) -> None:
-        self._channel = channel
+        self.channel = channel
         # The channel's method itself: a message costs no Python call in between.
         self.handle = channel.from_local  # type: ignore[method-assign]
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         """Watch the channel as a connection: ``callback`` runs once when it closes (so a
         request through it fails at once with ``ConnectionLost`` instead of at its timeout)."""
-        return self._channel.on_close(callback)
+        return self.channel.on_close(callback)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
-        return self._channel.outlet(route, return_route)
+        return self.channel.outlet(route, return_route)
 
 
 class SecureChannel:
@@ -535,9 +528,6 @@ class SecureChannel:
             self.node.stop_endpoint(self.address)
         except UnknownAddress:
             pass  # the node was stopped: it cleared its endpoints
-        registry = _channels.get(self.node)
-        if registry is not None:
-            registry.pop(self.address[1], None)
         if self._listener is not None:
             self._listener.forget(self)
         watchers = list(self._watchers.values())
@@ -611,7 +601,6 @@ class SecureChannel:
             if len(self._retired) > RETIRED_SESSIONS:
                 self._retired.popleft().close()
         self._current = session
-        _channels.setdefault(self.node, {})[self.address[1]] = self
         if self._listener is not None:
             self._listener.established(self)
         session.done.set(session)
