@@ -629,6 +629,28 @@ def test_the_full_window_remembers_every_nonce():
         full.decrypt(sealed[0])
 
 
+_WINDOW_KEY = bytes(range(32))
+_WINDOW_SENDER = SendCipher(_WINDOW_KEY)
+_WINDOW_SEALED = [_WINDOW_SENDER.encrypt(b"%d" % n) for n in range(48)]  # nonces 0 to 47
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 47), max_size=80), st.integers(1, 9))
+def test_the_window_accepts_exactly_the_nonces_new_and_not_too_old(order, window):
+    # In order, with gaps, refilled, replayed: the cipher agrees with the rule it documents.
+    receiver = ReceiveCipher(_WINDOW_KEY, window=window)
+    accepted, highest = set(), -1
+    for n in order:
+        if n not in accepted and n > highest - window:
+            assert receiver.decrypt(_WINDOW_SEALED[n]) == b"%d" % n
+            accepted.add(n)
+            highest = max(highest, n)
+        else:
+            with pytest.raises(ReplayedMessage):
+                receiver.decrypt(_WINDOW_SEALED[n])
+        assert receiver.highest_nonce == highest
+
+
 def test_nonce_exhaustion_raises_to_the_sender_at_the_limit():
     initiator, responder = run_handshake(vector_initiator(send_limit=3), vector_responder())
     sender = initiator.send_cipher

@@ -532,6 +532,8 @@ class ReceiveCipher:
     Honest senders count up and every hop keeps order, so only a reordering path could lose a
     message to the window, and ``window=65536`` remembers every nonce (8 KiB). A message changes
     the window only after it authenticated: forged nonces cannot push genuine messages out.
+    While every nonce up to the highest has been accepted (an in-order stream, the common
+    case), the window is kept as "all of them" and the next nonce costs no bit arithmetic.
 
     Args:
         key: the 32-byte AES-256-GCM key from the handshake's split.
@@ -548,7 +550,9 @@ class ReceiveCipher:
         self._window = window
         self._mask = (1 << window) - 1  # the window's bits of _seen
         self._highest = -1  # the highest nonce accepted
-        self._seen = 0  # bit i: nonce (highest - i) was accepted
+        # Bit i: nonce (highest - i) was accepted; -1 (all bits): every nonce up to the highest
+        # was (nonces below 0 count as accepted: no message can carry one).
+        self._seen = -1
 
     def __repr__(self) -> str:
         return f"<ReceiveCipher highest nonce {self._highest}, window {self._window}>"
@@ -591,16 +595,15 @@ class ReceiveCipher:
             raise DecryptFailed(
                 f"the channel message with nonce {counter} does not authenticate"
             ) from None
-        if behind == -1:  # the next nonce: most messages
-            self._seen = ((self._seen << 1) | 1) & self._mask
+        seen = self._seen
+        if behind == -1 and seen == -1:  # the next nonce of an in-order stream: most messages
             self._highest = counter
-        elif behind >= 0:
-            self._seen |= 1 << behind
+            return plaintext
+        if behind >= 0:
+            seen |= 1 << behind
         else:
             ahead = -behind
-            if ahead >= self._window:
-                self._seen = 1
-            else:
-                self._seen = ((self._seen << ahead) | 1) & self._mask
+            seen = 1 if ahead >= self._window else ((seen << ahead) | 1) & self._mask
             self._highest = counter
+        self._seen = -1 if seen == self._mask else seen
         return plaintext
