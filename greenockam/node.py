@@ -431,6 +431,19 @@ class Node:
             raise NodeStopped("the node is stopped")
         self._router.relay([msg], source)
 
+    def route(self, msg: TransportMessage, source: Optional[Source]) -> None:
+        """Route ``msg`` for a service that answers what it was given (an endpoint, a channel):
+        as a local sender when ``source`` is None (:meth:`dispatch`: may block, raises), else as
+        forwarded from ``source`` (:meth:`relay`: never blocks or raises; once the node is
+        stopped the message is dropped and counted as ``stopped``)."""
+        if source is None:
+            self.dispatch(msg)
+            return
+        try:
+            self.relay(msg, source)
+        except NodeStopped:
+            self.drop("stopped", msg, source)
+
     def relay_run(self, messages: List[TransportMessage], source: Source) -> None:
         """:meth:`relay` for several messages from ``source``, in order: what an endpoint that
         takes runs (:attr:`~greenockam.transport.base.Endpoint.handle_run`) sends on.

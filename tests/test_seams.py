@@ -16,6 +16,7 @@ from greenockam import (
     AddressError,
     AddressInUse,
     ConnectionLost,
+    Node,
     NodeStopped,
     ReceiveTimeout,
     Route,
@@ -140,6 +141,22 @@ def test_an_endpoint_gets_local_messages_in_the_senders_greenlet_with_no_source(
     assert greenlet is getcurrent()
     assert message.onward_route == route("ep", "beyond")  # its own address still first
     assert message.return_route == route("app")
+
+
+def test_node_route_raises_to_a_local_sender_and_drops_for_a_source():
+    node = Node()
+    try:
+        lost = TransportMessage(route("nobody"), route("service"), b"")
+        with pytest.raises(UnknownAddress):
+            node.route(lost, None)
+        node.route(lost, Line())  # as forwarded: dropped and counted at once, never raised
+        assert node.statistics()["dropped"]["unknown_address"] == 1
+    finally:
+        node.stop()
+    node.route(lost, Line())
+    assert node.statistics()["dropped"]["stopped"] == 1
+    with pytest.raises(NodeStopped):
+        node.route(lost, None)
 
 
 def test_an_endpoint_that_takes_runs_gets_messages_in_a_row_at_once_and_in_order(node):

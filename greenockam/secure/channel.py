@@ -639,25 +639,9 @@ class SecureChannel:
             self._established_session(session, route)
         else:
             session.route = route  # message 1 carries no authentication: only where to answer
-        self._emit(TransportMessage(route, session.remote_return, reply), source)
+        self.node.route(TransportMessage(route, session.remote_return, reply), source)
 
     # -- the two directions -----------------------------------------------------------------
-
-    def _emit(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Send ``message`` from this end: as a local sender (``source`` None: may block and
-        raise), or by the router's rules as if ``source`` had brought it (:meth:`_relay`)."""
-        if source is None:
-            self.node.dispatch(message)
-        else:
-            self._relay(message, source)
-
-    def _relay(self, message: TransportMessage, source: Source) -> None:
-        """Route ``message`` now, in this greenlet, as forwarded from ``source``: never blocks or
-        raises; a full destination pauses ``source``; failures are logged and counted."""
-        try:
-            self.node.relay(message, source)
-        except NodeStopped:
-            self.node.drop("stopped", message, source)
 
     def from_remote(
         self, session: _Session, messages: List[TransportMessage], source: Optional[Source]
@@ -768,7 +752,7 @@ class SecureChannel:
         if source is None:
             session.transmit(payload)
         else:
-            self._relay(
+            self.node.route(
                 _new_tuple(
                     TransportMessage, (VERSION, session.route, session.remote_return, payload)
                 ),
