@@ -169,18 +169,18 @@ class Router:
         drop = self.node.drop
         last_onward: Any = None
         last_ctx: Any = None  # the context of last_onward; None: an endpoint's (see run)
-        run: Optional[List[TransportMessage]] = None  # messages in a row for one endpoint
+        run: List[TransportMessage] = []  # messages in a row for one endpoint
         for msg in messages:
             onward = msg[1]
             if onward is last_onward:
                 ctx = last_ctx
                 if ctx is None:
-                    run.append(msg)  # type: ignore[union-attr]
+                    run.append(msg)
                     continue
             else:
-                if run is not None:  # handed over before anything after it is routed
+                if run:  # handed over before anything after it is routed
                     self._to_endpoint(run, source)
-                    run = None
+                    run = []
                 last_onward = None  # until this route resolves to a local context or endpoint
                 if not onward:
                     drop("empty_route", msg, source)
@@ -196,7 +196,7 @@ class Router:
                     continue
                 ctx = contexts.get(value)
                 if ctx is None:
-                    run = [msg]
+                    run.append(msg)
                     last_onward, last_ctx = onward, None
                     continue
                 last_onward, last_ctx = onward, ctx
@@ -207,7 +207,7 @@ class Router:
             if len(mailbox.items) > share:  # contended: count it, maybe hold its source
                 ctx.contend(source)
             self.routed += 1
-        if run is not None:
+        if run:
             self._to_endpoint(run, source)
 
     def relay(self, messages: List[TransportMessage], source: Source) -> None:

@@ -170,7 +170,6 @@ def _verifier(trust: Trust) -> Optional[Callable[[bytes], bool]]:
     return frozenset(keys).__contains__
 
 
-# Every established channel end of a node by its local address value, for channel_of().
 def channel_of(
     node: Union[Node, Context], message: Union[Routed, Route, AddressLike]
 ) -> Optional[SecureChannel]:
