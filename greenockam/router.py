@@ -27,6 +27,11 @@ with ``scripts/bench.py`` (round-trip ratio to raw gevent; README, "Performance"
   round trips 0.60 -> 0.63-0.67).
 * :class:`~greenockam.wire.FrameDecoder` skips the route parse when a frame's routes are
   byte-identical to the previous frame's, with one-byte ``uint`` fast paths (codec 1.1-1.2 us).
+* Here: messages in a row for one endpoint go to it as a run
+  (:attr:`~greenockam.transport.base.Endpoint.handle_run`), so that a secure channel decrypts a
+  run and routes it with one relay; with the channel's outlet (a context's repeated sends through
+  a channel skip dispatch) and its per-session route memory, secure pipelined went from 0.32x to
+  0.42-0.44x plain (``secure_pipelined_ratio``).
 """
 
 from __future__ import annotations
