@@ -20,6 +20,7 @@ being an open relay:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Set
 
 import gevent
@@ -28,12 +29,13 @@ from gevent.event import AsyncResult, Event
 from loguru import logger
 
 from .address import LOCAL, TCP, Address, AddressLike, Route
+from .codecs.typed import encoder
 from .errors import AddressInUse, GreenockamError, NodeStopped, RegistrationFailed
 from .faults import format_traceback
 from .node import Node
 from .transport.base import Cancel, Endpoint, Source, Vouched
 from .transport.tcp import parse_host_port
-from .wire import VERSION, TransportMessage, encode_route, encode_uint
+from .wire import VERSION, TransportMessage
 
 __all__ = [
     "ECHO_SERVICE",
@@ -276,8 +278,11 @@ class Hub:
 # --- the client ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class ForwarderInfo:
-    """Where a registered worker can be reached: Rust's ``RemoteForwarderInfo``.
+    """Where a registered worker can be reached: Rust's ``RemoteForwarderInfo``, a typed
+    message (docs/typed-messages.md) whose BARE encoding is that struct's (docs/hub.md, "The
+    client": the route, the string, the address, in that order, untagged).
 
     Attributes:
         forwarding_route: ``[1#hub, 0#<forwarder>]``: the route senders use.
@@ -286,31 +291,16 @@ class ForwarderInfo:
         worker_address: the :class:`RemoteForwarder`'s own local address.
     """
 
-    __slots__ = ("forwarding_route", "remote_address", "worker_address")
-
-    def __init__(self, forwarding_route: Route, remote_address: str, worker_address: Address):
-        self.forwarding_route = forwarding_route
-        self.remote_address = remote_address
-        self.worker_address = worker_address
-
-    def __repr__(self) -> str:
-        return (
-            f"ForwarderInfo(forwarding_route={str(self.forwarding_route)!r}, "
-            f"remote_address={self.remote_address!r}, worker_address={str(self.worker_address)!r})"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ForwarderInfo) and self.encode() == other.encode()
-
-    def __hash__(self) -> int:
-        return hash(self.encode())
+    forwarding_route: Route
+    remote_address: str
+    worker_address: Address
 
     def encode(self) -> bytes:
-        """The BARE encoding of Rust's struct (docs/hub.md, "The client"): the route, the
-        string, the address, in that order, untagged."""
-        text = self.remote_address.encode("utf-8")
-        worker = encode_route(Route([self.worker_address]))[1:]  # one address, no count
-        return encode_route(self.forwarding_route) + encode_uint(len(text)) + text + worker
+        """The BARE encoding of Rust's struct."""
+        return _encode_forwarder_info(self)
+
+
+_encode_forwarder_info = encoder(ForwarderInfo)
 
 
 class RemoteForwarder(Endpoint):
