@@ -446,7 +446,7 @@ class Node:
 
     def relay_run(self, messages: List[TransportMessage], source: Source) -> None:
         """:meth:`relay` for several messages from ``source``, in order: what an endpoint that
-        takes runs (:attr:`~greenockam.transport.base.Endpoint.handle_run`) sends on.
+        takes runs (:meth:`~greenockam.transport.base.Endpoint.handle_run`) sends on.
 
         Raises:
             NodeStopped: the node is stopped.

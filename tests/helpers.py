@@ -11,7 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import gevent
 import gevent.socket
@@ -21,6 +21,7 @@ from loguru import logger
 
 import greenockam
 from greenockam import Node, Worker
+from greenockam.address import Address
 from greenockam.transport.tcp import TcpTransport
 
 WAIT = 10.0  # seconds: the default bound on a single socket wait
@@ -444,7 +445,7 @@ class Line:
     """A source for ``Node.deliver``: a connection as the router sees it, with nothing behind."""
 
     peer = "127.0.0.1:5"
-    mark = None
+    mark: Optional[Address] = None
 
     def read(self):
         return []

@@ -21,7 +21,6 @@ import itertools
 import struct
 from collections import deque
 from dataclasses import dataclass
-from functools import partial
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -346,14 +345,16 @@ class _RemoteSide(Endpoint):
     """The address of a session that faces the other end: handshake messages and ciphertexts,
     taken in runs (:meth:`SecureChannel.from_remote` for the session itself)."""
 
-    __slots__ = ("_session", "handle_run")
+    __slots__ = ("_session",)
 
     def __init__(self, session: _Session) -> None:
         self._session = session
-        self.handle_run = partial(session.channel.from_remote, session)
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         self._session.channel.from_remote(self._session, [message], source)
+
+    def handle_run(self, messages: List[TransportMessage], source: Source) -> None:
+        self._session.channel.from_remote(self._session, messages, source)
 
 
 class _LocalSide(Endpoint):

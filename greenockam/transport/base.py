@@ -127,17 +127,7 @@ class Endpoint:
     in the router greenlet, without a greenlet switch (a forwarder, a connection's mark).
 
     Register one with :meth:`Node.start_endpoint`; remove it with :meth:`Node.stop_endpoint`.
-
-    Attributes:
-        handle_run: None (the default), or a function that takes a list of messages that came
-            in a row from one source with the same onward route, and that source: the router
-            then hands over such runs at once (before it routes anything that came after
-            them), so that an endpoint can work on them in one go, and send them on together
-            with :meth:`Node.relay_run`. Like :meth:`handle` with a source, it must not block or
-            raise.
     """
-
-    handle_run: Optional[Callable[[List[TransportMessage], Source], None]] = None
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         """Take ``message`` (its onward route still starts with this endpoint's address).
@@ -148,6 +138,19 @@ class Endpoint:
         raise :class:`~greenockam.errors.GreenockamError` to it.
         """
         raise NotImplementedError(f"{type(self).__name__} must override handle")
+
+    def handle_run(self, messages: List[TransportMessage], source: Source) -> None:
+        """Take messages that came in a row from ``source`` with the same onward route.
+
+        An endpoint that overrides this gets such runs from the router at once (before anything
+        that came after them is routed), so that it can work on them in one go and send what
+        they become on together with :meth:`Node.relay_run`; like :meth:`handle` with a
+        source, it must not block or raise. Without an override, the router hands each message
+        to :meth:`handle`, and one that raises costs only itself; this default does the same
+        for a caller of its own.
+        """
+        for message in messages:
+            self.handle(message, source)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:
         """A fast path for a local sender's next messages along ``route`` (which starts with
