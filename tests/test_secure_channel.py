@@ -54,7 +54,7 @@ from greenockam.secure import (
 from greenockam.secure.channel import decode_create_responder, encode_create_responder
 from greenockam.transport.tcp import TcpTransport
 from greenockam.wire import decode_body, encode_body
-from helpers import WAIT, Line, split_host_port
+from helpers import WAIT, Line, poll_until, split_host_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -389,6 +389,23 @@ def test_in_a_run_of_ciphertexts_only_the_bad_ones_are_lost(local):
     assert [echoer.seen.get(timeout=WAIT)[0] for _ in range(2)] == ["first", "last"]
     assert dropped(node, "secure_channel_undecryptable") == 1
     assert dropped(node, "secure_channel_replayed") == 1
+
+
+def test_what_follows_a_refused_handshake_in_the_same_run_is_dropped(local):
+    node, _, echoer = local
+    SecureChannelListener(node, "strict", trust=[public_key(generate_private_key())])
+    peer = RawInitiator(node, listener=["strict"])
+    peer.ctx.send_payload(peer.listener, encode_create_responder(peer.handshake.write_message()))
+    message_2 = peer.ctx.receive(WAIT, RAW)
+    peer.handshake.read_message(BARE.decode(message_2.payload, bytes))
+    peer.route = message_2.return_route
+    message_3 = BARE.encode(peer.handshake.write_message())  # from a key "strict" refuses
+    payloads = [message_3, peer.sealed(["echoer"], "smuggled")]
+    node.deliver([TransportMessage(peer.route, Route(["1#127.0.0.1:5"]), p) for p in payloads],
+                 Line())  # one run: the ciphertext reaches the end while it closes
+    poll_until(lambda: dropped(node, "secure_channel_untrusted") == 1, "the refusal")
+    poll_until(lambda: dropped(node, "unknown_address") == 1, "the ciphertext's drop")
+    assert dropped(node, "endpoint_error") == 0 and echoer.seen.empty()
 
 
 def test_a_decrypted_message_with_an_empty_onward_route_is_dropped_not_fatal(local):

@@ -651,6 +651,9 @@ class SecureChannel:
         dropped, logged and counted, never raised, and costs only its own message."""
         delivered = []
         for message in messages:
+            if session.closed:  # by an earlier message of the run: as if its address were gone
+                self.node.drop("unknown_address", message, source)
+                continue
             try:
                 if session.receive is None:
                     self._handshake(session, message, _undata(message[3]), source)
