@@ -164,6 +164,7 @@ class Router:
         raising or blocking; the receivers to wake are appended to ``wake``. Called by the
         router greenlet for what it read, and by a middleware worker's ``forward``."""
         contexts = self._contexts
+        endpoints = self._endpoints
         transports = self._transports
         share = self.node.source_share
         drop = self.node.drop
@@ -189,14 +190,25 @@ class Router:
                     continue
                 ctx = contexts.get(value)
                 if ctx is None:
-                    self._to_endpoint(msg, source)
+                    endpoint = endpoints.get(value)
+                    if endpoint is None:
+                        drop("unknown_address", msg, source)
+                        continue
+                    try:
+                        endpoint.handle(msg, source)
+                    except Exception as exc:  # an endpoint bug must not take the router down
+                        self._endpoint_failed(msg, exc)
+                        continue
+                    self.routed += 1
                     continue
                 last_onward, last_ctx = onward, ctx
             mailbox = ctx.mailbox
-            waiter = mailbox.push(msg)
-            if waiter is not None:
-                wake.append(waiter)
-            if len(mailbox.items) > share:  # contended: count it, maybe hold its source
+            items = mailbox.items
+            items.append(msg)  # Mailbox.push, inlined
+            waiters = mailbox.waiters
+            if waiters:
+                wake.append(waiters.popleft())
+            if len(items) > share:  # contended: count it, maybe hold its source
                 ctx.contend(source)
             self.routed += 1
 
@@ -212,16 +224,7 @@ class Router:
         for waiter in wake:
             self._hub.loop.run_callback(waiter.switch, None)
 
-    def _to_endpoint(self, msg: TransportMessage, source: Source) -> None:
-        endpoint = self._endpoints.get(msg[1][0][1])
-        if endpoint is None:
-            self.node.drop("unknown_address", msg, source)
-            return
-        try:
-            endpoint.handle(msg, source)
-        except Exception as exc:  # an endpoint bug must not take the router down
-            logger.error(
-                "endpoint {} failed:\n{}", printable(msg[1][0]), format_traceback(exc)
-            )
-            self.node.count_drop("endpoint_error")
+    def _endpoint_failed(self, msg: TransportMessage, exc: Exception) -> None:
+        logger.error("endpoint {} failed:\n{}", printable(msg[1][0]), format_traceback(exc))
+        self.node.count_drop("endpoint_error")
         self.routed += 1
