@@ -521,7 +521,7 @@ class RemoteForwarder(Endpoint):
         if self.info is None:
             self.node.drop("not_registered", message, source)
             return
-        forward = _message(self.destination, message[2], message[3])
+        forward = _new_tuple(TransportMessage, (VERSION, self.destination, message[2], message[3]))
         if source is not None:
             self.node.relay(forward, source)  # in order with the rest of the batch in hand
         else:

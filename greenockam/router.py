@@ -163,13 +163,12 @@ class Router:
         """Dispatch messages that came from ``source`` (docs/protocol.md, rule 2), never
         raising or blocking; the receivers to wake are appended to ``wake``. Called by the
         router greenlet for what it read, and by a middleware worker's ``forward``."""
+        # Only what every message needs is loaded up front: relay() calls this per message.
         contexts = self._contexts
-        endpoints = self._endpoints
-        transports = self._transports
         share = self.node.source_share
-        drop = self.node.drop
         last_onward: Any = None
         last_ctx: Any = None
+        routed = 0  # added to self.routed once, at the end
         for msg in messages:
             onward = msg[1]
             if onward is last_onward:
@@ -177,29 +176,28 @@ class Router:
             else:
                 last_onward = None  # until this route resolves to a local context
                 if not onward:
-                    drop("empty_route", msg, source)
+                    self.node.drop("empty_route", msg, source)
                     continue
                 kind, value = onward[0]
                 if kind != LOCAL:
-                    transport = transports.get(kind)
+                    transport = self._transports.get(kind)
                     if transport is None:
-                        drop("unknown_transport", msg, source)
+                        self.node.drop("unknown_transport", msg, source)
                         continue
                     transport.send(msg, source)
-                    self.routed += 1
+                    routed += 1
                     continue
                 ctx = contexts.get(value)
                 if ctx is None:
-                    endpoint = endpoints.get(value)
+                    endpoint = self._endpoints.get(value)
                     if endpoint is None:
-                        drop("unknown_address", msg, source)
+                        self.node.drop("unknown_address", msg, source)
                         continue
                     try:
                         endpoint.handle(msg, source)
                     except Exception as exc:  # an endpoint bug must not take the router down
                         self._endpoint_failed(msg, exc)
-                        continue
-                    self.routed += 1
+                    routed += 1
                     continue
                 last_onward, last_ctx = onward, ctx
             mailbox = ctx.mailbox
@@ -210,7 +208,8 @@ class Router:
                 wake.append(waiters.popleft())
             if len(items) > share:  # contended: count it, maybe hold its source
                 ctx.contend(source)
-            self.routed += 1
+            routed += 1
+        self.routed += routed
 
     def relay(self, message: TransportMessage, source: Source) -> None:
         """Dispatch one message by the router's rules: from an endpoint in the router greenlet,
@@ -227,4 +226,3 @@ class Router:
     def _endpoint_failed(self, msg: TransportMessage, exc: Exception) -> None:
         logger.error("endpoint {} failed:\n{}", printable(msg[1][0]), format_traceback(exc))
         self.node.count_drop("endpoint_error")
-        self.routed += 1

@@ -228,9 +228,13 @@ class Connection:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes, source: Optional[Source] = None) -> None:
         """Queue a frame; it goes out with the others queued in this loop iteration. On a
-        closed connection the frame is dropped and counted (``connection_closed``)."""
+        closed connection the frame is dropped and counted (``connection_closed``).
+
+        ``source``: where a forwarded frame came from, held (paused) once more than
+        ``high_water`` bytes wait here, until they have gone out.
+        """
         if self._state == _CLOSED:
             self._node.count_drop("connection_closed")
             return
@@ -239,6 +243,11 @@ class Connection:
         if not self._flush_pending and self._state == _OPEN:
             self._flush_pending = True
             self._loop.run_callback(self._flush)
+        if source is not None and self._out_bytes > self._transport.high_water:
+            held = self._held
+            if held is None:
+                held = self._held = Held()
+            held.hold(source)
 
     def write_message(self, routes_raw: bytes, payload: bytes) -> bool:
         """A local sender's fast path (see :meth:`TcpTransport.outlet`): frame ``payload``
@@ -419,24 +428,43 @@ class Connection:
 class _Mark(Endpoint):
     """The random mark of an accepted connection: a local endpoint that writes what is sent to
     it on that connection (see :meth:`TcpTransport.listen`), by the rules of
-    :meth:`TcpTransport.send` once the connection is known."""
+    :meth:`TcpTransport.send` once the connection is known.
 
-    __slots__ = ("_conn",)
+    On a confined connection it remembers the last admission: the source's mark and the onward
+    route object (a decoder repeats it) that :meth:`TcpTransport._admits` let through, and how
+    many grants the transport had taken back then; the same pair is let through again without
+    the grant lookup until a grant is taken back."""
+
+    __slots__ = ("_conn", "_admitted")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._admitted: Tuple[Any, Any, int] = (None, None, -1)
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         conn = self._conn
         transport = conn._transport
-        if source is not None and conn.confined and not transport._admits(conn, message, source):
-            transport.node.drop("confined", message, source)
-            return
+        if source is not None and conn.confined:
+            mark = source.mark
+            if mark is not None:  # None: a source inside this node, always admitted
+                admitted = self._admitted
+                if (
+                    message[1] is not admitted[1]
+                    or mark is not admitted[0]
+                    or admitted[2] != transport._revocations
+                ):
+                    if not transport._admits(conn, message, source):
+                        transport.node.drop("confined", message, source)
+                        return
+                    self._admitted = (mark, message[1], transport._revocations)
         frame = transport._frame(message, source)
         if frame is not None:
             if transport._confined and message[2] is not conn._granted:
                 transport._grant(conn, message[2])
-            transport.write(conn, frame, source)
+            if source is None:
+                transport.write(conn, frame, None)
+            else:
+                conn.write(frame, source)  # what transport.write does for it, one call less
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         return self._conn.on_close(callback)
@@ -521,6 +549,7 @@ class TcpTransport:
         # Confinement's grants: holder's mark -> what it may reply along, least recent first;
         # and confined mark -> holder's mark -> how many of the holder's grants name it.
         self._grants: Dict[Address, Dict[_Grant, None]] = {}
+        self._revocations = 0  # grants taken back so far: what an admission remembered is stale
         self._holders: Dict[Address, Dict[Address, int]] = {}
         self._servers: List[StreamServer] = []
         self._greenlets = Group()
@@ -724,8 +753,8 @@ class TcpTransport:
                 return encode_frame(message, pop_first=True)
             # Any, not cast() (a call per message): mypy 1.13 cannot intersect Source and
             # Connection.
-            conn: Any = source.source if isinstance(source, Vouched) else source
-            cache = conn._decoder.route_cache if isinstance(conn, Connection) else None
+            conn: Any = source.source if type(source) is Vouched else source
+            cache = conn._decoder.route_cache if type(conn) is Connection else None
             return encode_frame(message, True, cache)  # a route pair it came with, encoded once
         except LocalProtocolError as exc:
             if source is None:
@@ -751,12 +780,7 @@ class TcpTransport:
             if conn._out_bytes > self.high_water:
                 conn.wait_drained(self.high_water, ctx or self.node.current_context())
             return
-        conn.write(frame)
-        if conn._out_bytes > self.high_water:
-            held = conn._held
-            if held is None:
-                held = conn._held = Held()
-            held.hold(source)
+        conn.write(frame, source)
 
     # -- confinement ------------------------------------------------------------------------
 
@@ -796,6 +820,7 @@ class TcpTransport:
             if len(grants) >= self.max_grants:
                 oldest = next(iter(grants))
                 del grants[oldest]
+                self._revocations += 1
                 self._unhold(oldest[0], holder)
             counts = self._holders.get(hop)
             if counts is None:
@@ -819,6 +844,7 @@ class TcpTransport:
     def _forget_grants(self, mark: Address) -> None:
         """The connection marked ``mark`` closed: forget what it was granted, and every grant
         of its mark to another connection."""
+        self._revocations += 1
         grants = self._grants.pop(mark, None)
         for grant in grants or ():
             counts = self._holders.get(grant[0])
