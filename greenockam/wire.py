@@ -242,7 +242,8 @@ def encode_frame(
         pop_first: leave out the first hop of the onward route, as a transport does when it
             sends to that hop (docs/protocol.md rule 3), without building the shorter route.
         cache: the :class:`RouteCache` of the connection ``msg`` came on, when it is forwarded
-            (the route objects its decoder returned): each of its route pairs is encoded once.
+            (the route objects its decoder returned, or a hub forwarder's route with them):
+            each of its route pairs is encoded once.
 
     Raises:
         LocalProtocolError: the body would exceed 65535 bytes (nothing is written).
