@@ -457,7 +457,7 @@ class _Mark(Endpoint):
                         transport.node.drop("confined", message, source)
                         return
                     self._admitted = (mark, message[1], transport._revocations)
-        frame = transport._frame(message, source)
+        frame = transport._frame(message, source, conn)
         if frame is not None:
             if transport._confined and message[2] is not conn._granted:
                 transport._grant(conn, message[2])
@@ -741,21 +741,28 @@ class TcpTransport:
             self._grant(conn, message[2])
         self.write(conn, frame, source)
 
-    def _frame(self, message: TransportMessage, source: Optional[Source]) -> Optional[bytes]:
+    def _frame(
+        self,
+        message: TransportMessage,
+        source: Optional[Source],
+        conn: Optional[Connection] = None,
+    ) -> Optional[bytes]:
         """``message``'s frame without its first hop (docs/protocol.md, rule 3). A forwarded
         message's routes are encoded once per route pair and connection it came on (that
         connection's decoder's route cache; for a :class:`Vouched` source, its connection's:
         a hub's forwarder sends its one route with the return routes that connection brings).
-        A body over 65535 bytes raises to a local sender (nothing is opened or written) and is
-        dropped when forwarded (None)."""
+        A local sender's routes go through the route cache of ``conn``, the connection written
+        to, if given: a reply along a connection's mark has no outlet, and repeats the routes
+        that connection brought. A body over 65535 bytes raises to a local sender (nothing is
+        opened or written) and is dropped when forwarded (None)."""
         try:
-            if source is None:
-                return encode_frame(message, pop_first=True)
             # Any, not cast() (a call per message): mypy 1.13 cannot intersect Source and
             # Connection.
-            conn: Any = source.source if type(source) is Vouched else source
-            cache = conn._decoder.route_cache if type(conn) is Connection else None
-            return encode_frame(message, True, cache)  # a route pair it came with, encoded once
+            came: Any = conn if source is None else source
+            if type(came) is Vouched:
+                came = came.source
+            cache = came._decoder.route_cache if type(came) is Connection else None
+            return encode_frame(message, True, cache)  # a route pair it carries, encoded once
         except LocalProtocolError as exc:
             if source is None:
                 raise
