@@ -76,6 +76,7 @@ class _Forwarder(Endpoint):
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         hub = self.hub
         hub.forwarded += 1
+        # _message(), inlined here and in RemoteForwarder.handle: a call less per message
         forward = _new_tuple(TransportMessage, (VERSION, self.route, message[2], message[3]))
         if source is None:
             hub._send(forward, None)

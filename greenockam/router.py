@@ -27,8 +27,7 @@ with ``scripts/bench.py`` (round-trip ratio to raw gevent; README, "Performance"
   forwarder reuses one ``Vouched`` per source for a batch, a ``Vouched`` source's frames are
   encoded through its connection's route cache, a confined mark remembers its last admission
   until a grant is taken back, and ``Connection.write`` holds a forwarding source itself (the
-  hub's CPU per message 2.7 -> 2.3 us; pipelined through the hub / direct 0.49-0.50 ->
-  0.53).
+  hub's CPU per message 2.8 -> 2.4 us; pipelined through the hub / direct 0.50 -> 0.53).
 * :class:`~greenockam.mailbox.Mailbox`: a deque and one waiter instead of ``gevent.queue.Queue``
   (0.40 -> 0.44); a bare libev timer for ``receive(timeout=...)`` instead of ``gevent.Timeout``
   (-> 0.55-0.62).
