@@ -444,9 +444,13 @@ class _Mark(Endpoint):
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         conn = self._conn
         transport = conn._transport
-        if source is not None and conn.confined:
+        if source is None:
+            # A local sender (a reply along the mark: no outlet here): its routes repeat those
+            # this connection brought, so they go through its route cache; errors raise to it.
+            frame = encode_frame(message, True, conn._decoder.route_cache)
+        else:
             mark = source.mark
-            if mark is not None:  # None: a source inside this node, always admitted
+            if mark is not None and conn.confined:  # None: a source inside this node
                 admitted = self._admitted
                 if (
                     message[1] is not admitted[1]
@@ -457,14 +461,16 @@ class _Mark(Endpoint):
                         transport.node.drop("confined", message, source)
                         return
                     self._admitted = (mark, message[1], transport._revocations)
-        frame = transport._frame(message, source, conn)
-        if frame is not None:
-            if transport._confined and message[2] is not conn._granted:
-                transport._grant(conn, message[2])
-            if source is None:
-                transport.write(conn, frame, None)
-            else:
-                conn.write(frame, source)  # what transport.write does for it, one call less
+            forwarded = transport._frame(message, source)
+            if forwarded is None:
+                return
+            frame = forwarded
+        if transport._confined and message[2] is not conn._granted:
+            transport._grant(conn, message[2])
+        if source is None:
+            transport.write(conn, frame, None)
+        else:
+            conn.write(frame, source)  # what transport.write does for it, one call less
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         return self._conn.on_close(callback)
@@ -741,28 +747,21 @@ class TcpTransport:
             self._grant(conn, message[2])
         self.write(conn, frame, source)
 
-    def _frame(
-        self,
-        message: TransportMessage,
-        source: Optional[Source],
-        conn: Optional[Connection] = None,
-    ) -> Optional[bytes]:
+    def _frame(self, message: TransportMessage, source: Optional[Source]) -> Optional[bytes]:
         """``message``'s frame without its first hop (docs/protocol.md, rule 3). A forwarded
         message's routes are encoded once per route pair and connection it came on (that
         connection's decoder's route cache; for a :class:`Vouched` source, its connection's:
         a hub's forwarder sends its one route with the return routes that connection brings).
-        A local sender's routes go through the route cache of ``conn``, the connection written
-        to, if given: a reply along a connection's mark has no outlet, and repeats the routes
-        that connection brought. A body over 65535 bytes raises to a local sender (nothing is
-        opened or written) and is dropped when forwarded (None)."""
+        A body over 65535 bytes raises to a local sender (nothing is opened or written) and is
+        dropped when forwarded (None)."""
         try:
+            if source is None:
+                return encode_frame(message, pop_first=True)
             # Any, not cast() (a call per message): mypy 1.13 cannot intersect Source and
             # Connection.
-            came: Any = conn if source is None else source
-            if type(came) is Vouched:
-                came = came.source
+            came: Any = source.source if type(source) is Vouched else source
             cache = came._decoder.route_cache if type(came) is Connection else None
-            return encode_frame(message, True, cache)  # a route pair it carries, encoded once
+            return encode_frame(message, True, cache)  # a route pair it came with, encoded once
         except LocalProtocolError as exc:
             if source is None:
                 raise
