@@ -242,7 +242,8 @@ def encode_frame(
         pop_first: leave out the first hop of the onward route, as a transport does when it
             sends to that hop (docs/protocol.md rule 3), without building the shorter route.
         cache: the :class:`RouteCache` of the connection ``msg`` came on, when it is forwarded
-            (the route objects its decoder returned): each of its route pairs is encoded once.
+            (the route objects its decoder returned, or a hub forwarder's route with them):
+            each of its route pairs is encoded once.
 
     Raises:
         LocalProtocolError: the body would exceed 65535 bytes (nothing is written).
@@ -325,7 +326,7 @@ class FrameDecoder:
     """
 
     __slots__ = (
-        "route_cache",
+        "_route_cache",
         "_buffer",
         "_needed",
         "_prefix",
@@ -336,7 +337,7 @@ class FrameDecoder:
     )
 
     def __init__(self, return_prefix: Optional[Address] = None) -> None:
-        self._buffer = bytearray()
+        self._buffer: Optional[bytearray] = None  # made for the first incomplete frame
         self._needed = 2
         self._prefix = return_prefix
         self._failed = False
@@ -345,12 +346,20 @@ class FrameDecoder:
         self._routes_raw = b""
         self._onward: Route = _new_tuple(Route, ())
         self._return: Route = self._onward
-        self.route_cache = RouteCache()
+        self._route_cache: Optional[RouteCache] = None  # made on first use: most never need it
+
+    @property
+    def route_cache(self) -> RouteCache:
+        """This decoder's own :class:`RouteCache` (see the class's attributes)."""
+        cache = self._route_cache
+        if cache is None:
+            cache = self._route_cache = RouteCache()
+        return cache
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame."""
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
     def feed(self, data: bytes) -> List[TransportMessage]:
         """Add bytes; return the messages they complete."""
@@ -429,6 +438,8 @@ class FrameDecoder:
             exc.messages = out
             raise
         if pos < n:  # _needed is only read while the buffer holds something
+            if buffer is None:
+                buffer = self._buffer = bytearray()
             buffer += data[pos:] if pos else data
             self._needed = 2 + ((data[pos] << 8) | data[pos + 1]) if n - pos >= 2 else 2
         return out

@@ -188,6 +188,28 @@ def test_grants_are_bounded_per_connection_least_recent_forgotten_first(confined
     assert confined.dropped() == 1
 
 
+def test_a_grant_taken_back_refuses_the_very_routes_it_let_through_before(confined):
+    """B replies along its grant, then along the same routes once that grant is forgotten
+    (a newer one took its place): the second reply is refused, although it repeats the first
+    byte for byte."""
+    confined.tcp.max_grants = 1
+    a_node, a, _ = confined.client()
+    _, b, b_mark = confined.client()
+    pipe = confined.pipe([b_mark, "app"])
+    w1, w2 = a_node.open_context("w1"), a_node.open_context("w2")
+    a.send_message(TransportMessage(pipe, Route(["w1"]), b"\x01x"))
+    first = b.receive(timeout=T)
+    b.reply(first, "admitted")
+    assert w1.receive(timeout=T).body == "admitted"
+    a.send_message(TransportMessage(pipe, Route(["w2"]), b"\x01x"))  # B's grant is now w2's
+    second = b.receive(timeout=T)
+    b.reply(first, "refused")
+    b.reply(second, "admitted")
+    assert w2.receive(timeout=T).body == "admitted"
+    nothing_waits(w1)  # its reply went first, over the same connections
+    assert confined.dropped() == 1
+
+
 def test_the_grants_of_a_connection_go_when_it_closes_and_so_do_the_grants_naming_it(
     confined,
 ):

@@ -229,6 +229,33 @@ def test_a_stopped_endpoint_is_an_unknown_address(node):
         node.stop_endpoint("ep")
 
 
+class StopsItself(Endpoint):
+    """Stops its own address ``once`` on the first message it gets; counts what it got."""
+
+    def __init__(self, node):
+        self.node = node
+        self.got = 0
+
+    def handle(self, message, source):
+        self.got += 1
+        self.node.stop_endpoint("once")
+
+
+def test_an_endpoint_stopped_while_a_read_is_routed_gets_none_of_the_rest_of_it(net):
+    """Five frames to one endpoint in one write (one read, most likely: the router resolves
+    their repeated route once): the endpoint stops itself at the first, the other four are
+    unknown addresses."""
+    node, _, address = net.node(listen=True, echo=True)
+    endpoint = StopsItself(node)
+    node.start_endpoint("once", endpoint)
+    peer = net.connect(address)
+    to_once = ref_frame(["0#once"], ["0#client"], bare_str("x"))
+    peer.sendall(to_once * 5 + ref_frame(["0#echo_service"], ["0#client"], bare_str("after")))
+    assert recv_frame(peer) == ref_frame(["0#client"], ["0#echo_service"], bare_str("after"))
+    assert endpoint.got == 1
+    assert node.statistics()["dropped"] == {"unknown_address": 4}
+
+
 def test_an_endpoint_that_raises_in_the_router_is_counted_and_the_router_goes_on(net):
     node, _, address = net.node(listen=True, echo=True)
     node.start_endpoint("broken", Recording(fail=RuntimeError("endpoint bug")))

@@ -42,7 +42,6 @@ from typing import (
     Set,
     Tuple,
     Union,
-    cast,
 )
 
 import gevent
@@ -71,7 +70,7 @@ from ..wire import (
     encode_route,
     frame_with_routes,
 )
-from .base import Cancel, Endpoint, Held, Outlet, Source
+from .base import Cancel, Endpoint, Held, Outlet, Source, Vouched
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..context import Context
@@ -170,8 +169,10 @@ class Connection:
         self._write_watcher: Any = None  # made when the kernel buffer first fills
         self._read_watcher: Any = None
         self._drained: Optional[Event] = None
-        self._held = Held()  # sources paused because their forwarded frames filled our output
-        self._watchers: Dict[int, Callable[[], None]] = {}  # on_close callbacks
+        # Made on first use (an idle connection needs neither): the sources paused because
+        # their forwarded frames filled our output, and the on_close callbacks.
+        self._held: Optional[Held] = None
+        self._watchers: Optional[Dict[int, Callable[[], None]]] = None
         self._paused = False
         self._decoder = FrameDecoder(self.mark)
         self._last_read = 0.0
@@ -192,7 +193,7 @@ class Connection:
         """Read again."""
         self._paused = False
         if self._state == _OPEN:
-            self._read_watcher.start(self._node.readable, self)
+            self._read_watcher.start(self._transport._readable, self)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class Connection:
         self._read_watcher = loop.io(sock.fileno(), 1)
         self._state = _OPEN
         if not self._paused:
-            self._read_watcher.start(self._node.readable, self)
+            self._read_watcher.start(self._transport._readable, self)
         if self._ready is not None:
             self._ready.set()
         if self._out:
@@ -227,9 +228,13 @@ class Connection:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes, source: Optional[Source] = None) -> None:
         """Queue a frame; it goes out with the others queued in this loop iteration. On a
-        closed connection the frame is dropped and counted (``connection_closed``)."""
+        closed connection the frame is dropped and counted (``connection_closed``).
+
+        ``source``: where a forwarded frame came from, held (paused) once more than
+        ``high_water`` bytes wait here, until they have gone out.
+        """
         if self._state == _CLOSED:
             self._node.count_drop("connection_closed")
             return
@@ -238,6 +243,11 @@ class Connection:
         if not self._flush_pending and self._state == _OPEN:
             self._flush_pending = True
             self._loop.run_callback(self._flush)
+        if source is not None and self._out_bytes > self._transport.high_water:
+            held = self._held
+            if held is None:
+                held = self._held = Held()
+            held.hold(source)
 
     def write_message(self, routes_raw: bytes, payload: bytes) -> bool:
         """A local sender's fast path (see :meth:`TcpTransport.outlet`): frame ``payload``
@@ -250,7 +260,13 @@ class Connection:
         """
         if self._state != _OPEN or self._out_bytes > self._transport.high_water:
             return False
-        self.write(frame_with_routes(VERSION, routes_raw, payload))
+        # write(), inlined for an open connection (a call and a state test less per message)
+        frame = frame_with_routes(VERSION, routes_raw, payload)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.run_callback(self._flush)
         return True
 
     def _flush(self) -> None:
@@ -287,7 +303,8 @@ class Connection:
     def _on_drained(self) -> None:
         if self._drained is not None:
             self._drained.set()
-        self._held.release()
+        if self._held:
+            self._held.release()
 
     def wait_drained(self, high_water: int, ctx: Optional[Context] = None) -> None:
         """Block the calling greenlet while more than ``high_water`` bytes wait to go out.
@@ -310,10 +327,13 @@ class Connection:
         """Call ``callback`` once, from the hub, when this connection closes; returns the
         function that cancels that."""
         key = next(_watch_keys)
-        self._watchers[key] = callback
+        watchers = self._watchers
+        if watchers is None:
+            watchers = self._watchers = {}
+        watchers[key] = callback
 
         def cancel() -> None:
-            self._watchers.pop(key, None)
+            watchers.pop(key, None)
 
         return cancel
 
@@ -390,10 +410,11 @@ class Connection:
             if event is not None:
                 event.set()
         self._on_drained()
-        watchers = list(self._watchers.values())
-        self._watchers.clear()
-        for callback in watchers:
-            self._loop.run_callback(callback)
+        if self._watchers:
+            watchers = list(self._watchers.values())
+            self._watchers.clear()
+            for callback in watchers:
+                self._loop.run_callback(callback)
         if was_open:
             faults.info(
                 "connection_closed",
@@ -406,32 +427,50 @@ class Connection:
 
 class _Mark(Endpoint):
     """The random mark of an accepted connection: a local endpoint that writes what is sent to
-    it on that connection (see :meth:`TcpTransport.listen`). It keeps the routes it wrote last,
-    encoded: what goes to one connection mostly repeats them (a decoder's route objects)."""
+    it on that connection (see :meth:`TcpTransport.listen`), by the rules of
+    :meth:`TcpTransport.send` once the connection is known.
 
-    __slots__ = ("_conn", "_onward", "_return", "_routes_raw")
+    On a confined connection it remembers the last admission: the source's mark and the onward
+    route object (a decoder repeats it) that :meth:`TcpTransport._admits` let through, and how
+    many grants the transport had taken back then; the same pair is let through again without
+    the grant lookup until a grant is taken back."""
+
+    __slots__ = ("_conn", "_admitted")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._onward: Optional[Route] = None
-        self._return: Optional[Route] = None
-        self._routes_raw = b""
+        self._admitted: Tuple[Any, Any, int] = (None, None, -1)
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         conn = self._conn
         transport = conn._transport
-        if conn.confined and source is not None and not transport._admits(conn, message, source):
-            transport.node.drop("confined", message, source)
-            return
-        onward, ret = message[1], message[2]
-        if onward is not self._onward or ret is not self._return:
-            self._routes_raw = encode_route(onward[1:]) + encode_route(ret)
-            self._onward, self._return = onward, ret
-        frame = transport._frame(message, source, self._routes_raw)
-        if frame is not None:
-            if transport._confined:
-                transport._grant(conn, message[2])
-            transport.write(conn, frame, source)
+        if source is None:
+            # A local sender (a reply along the mark: no outlet here): its routes repeat those
+            # this connection brought, so they go through its route cache; errors raise to it.
+            frame = encode_frame(message, True, conn._decoder.route_cache)
+        else:
+            mark = source.mark
+            if mark is not None and conn.confined:  # None: a source inside this node
+                admitted = self._admitted
+                if (
+                    message[1] is not admitted[1]
+                    or mark is not admitted[0]
+                    or admitted[2] != transport._revocations
+                ):
+                    if not transport._admits(conn, message, source):
+                        transport.node.drop("confined", message, source)
+                        return
+                    self._admitted = (mark, message[1], transport._revocations)
+            forwarded = transport._frame(message, source)
+            if forwarded is None:
+                return
+            frame = forwarded
+        if transport._confined and message[2] is not conn._granted:
+            transport._grant(conn, message[2])
+        if source is None:
+            transport.write(conn, frame, None)
+        else:
+            conn.write(frame, source)  # what transport.write does for it, one call less
 
     def on_close(self, callback: Callable[[], None]) -> Optional[Cancel]:
         return self._conn.on_close(callback)
@@ -516,12 +555,15 @@ class TcpTransport:
         # Confinement's grants: holder's mark -> what it may reply along, least recent first;
         # and confined mark -> holder's mark -> how many of the holder's grants name it.
         self._grants: Dict[Address, Dict[_Grant, None]] = {}
+        self._revocations = 0  # grants taken back so far: what an admission remembered is stale
         self._holders: Dict[Address, Dict[Address, int]] = {}
         self._servers: List[StreamServer] = []
         self._greenlets = Group()
         self._counters: Dict[str, int] = {}
         self._stopped = False
         self._idle_timer: Any = None
+        # One bound method for every connection's read watcher (not one each: 48 bytes apiece).
+        self._readable = node.readable
         if idle_timeout is not None:
             interval = max(0.01, min(idle_timeout / 4, 1.0))
             self._idle_timer = get_hub().loop.timer(interval, interval)
@@ -701,29 +743,24 @@ class TcpTransport:
                     raise
                 self.node.drop("stopped", message, source)
                 return
-        if self._confined:
+        if self._confined and message[2] is not conn._granted:
             self._grant(conn, message[2])
         self.write(conn, frame, source)
 
-    def _frame(
-        self,
-        message: TransportMessage,
-        source: Optional[Source],
-        routes_raw: Optional[bytes] = None,
-    ) -> Optional[bytes]:
-        """``message``'s frame without its first hop (docs/protocol.md, rule 3), behind
-        ``routes_raw`` if the caller has them encoded already. A forwarded message's routes are
-        encoded once per connection it came on (its decoder's route cache). A body over 65535
-        bytes raises to a local sender (nothing is opened or written) and is dropped when
-        forwarded (None)."""
+    def _frame(self, message: TransportMessage, source: Optional[Source]) -> Optional[bytes]:
+        """``message``'s frame without its first hop (docs/protocol.md, rule 3). A forwarded
+        message's routes are encoded once per route pair and connection it came on (that
+        connection's decoder's route cache; for a :class:`Vouched` source, its connection's:
+        a hub's forwarder sends its one route with the return routes that connection brings).
+        A body over 65535 bytes raises to a local sender (nothing is opened or written) and is
+        dropped when forwarded (None)."""
         try:
-            if routes_raw is not None:
-                return frame_with_routes(message[0], routes_raw, message[3])
             if source is None:
                 return encode_frame(message, pop_first=True)
-            cache = None
-            if isinstance(source, Connection):  # cast: mypy 1.13 cannot intersect the two
-                cache = cast(Connection, source)._decoder.route_cache
+            # Any, not cast() (a call per message): mypy 1.13 cannot intersect Source and
+            # Connection.
+            came: Any = source.source if type(source) is Vouched else source
+            cache = came._decoder.route_cache if type(came) is Connection else None
             return encode_frame(message, True, cache)  # a route pair it came with, encoded once
         except LocalProtocolError as exc:
             if source is None:
@@ -749,9 +786,7 @@ class TcpTransport:
             if conn._out_bytes > self.high_water:
                 conn.wait_drained(self.high_water, ctx or self.node.current_context())
             return
-        conn.write(frame)
-        if conn._out_bytes > self.high_water:
-            conn._held.hold(source)
+        conn.write(frame, source)
 
     # -- confinement ------------------------------------------------------------------------
 
@@ -770,9 +805,10 @@ class TcpTransport:
         hop if that is a confined mark (but its own), with the hop after it. Only the first: that
         is the mark this node prepended as the message arrived (docs/protocol.md, rule 4); what
         follows it is what the sender claimed, and a sender could otherwise be granted any mark
-        by writing it into a return route and routing the message back to itself."""
-        if ret is conn._granted:
-            return  # a decoder repeats its route objects: granted last time, still the newest
+        by writing it into a return route and routing the message back to itself.
+
+        Callers skip the call when ``ret is conn._granted``: a decoder repeats its route
+        objects, so that return route was granted last time and is still the newest grant."""
         conn._granted = ret
         holder = conn.mark
         if not ret or ret[0] not in self._confined or ret[0] == holder:
@@ -790,6 +826,7 @@ class TcpTransport:
             if len(grants) >= self.max_grants:
                 oldest = next(iter(grants))
                 del grants[oldest]
+                self._revocations += 1
                 self._unhold(oldest[0], holder)
             counts = self._holders.get(hop)
             if counts is None:
@@ -813,6 +850,7 @@ class TcpTransport:
     def _forget_grants(self, mark: Address) -> None:
         """The connection marked ``mark`` closed: forget what it was granted, and every grant
         of its mark to another connection."""
+        self._revocations += 1
         grants = self._grants.pop(mark, None)
         for grant in grants or ():
             counts = self._holders.get(grant[0])
