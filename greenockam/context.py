@@ -92,6 +92,8 @@ class Context:
         codec: the payload codec of its sends and receives.
         message_type: how received payloads are decoded by default.
         mailbox: its :class:`~greenockam.mailbox.Mailbox` (the node's router fills it).
+        stopping: True once :meth:`interrupt` or :meth:`close` was called (read it; a worker's
+            loop ends before its next message). A plain attribute: the loop reads it per message.
     """
 
     __slots__ = (
@@ -107,8 +109,10 @@ class Context:
         "_held",
         "_low_water",
         "_contention",
+        "_mailbox_size",
+        "_calm",
         "_share",
-        "_stopping",
+        "stopping",
         "_send_wait",
         "_relay",
         "outlet_sends",
@@ -133,7 +137,10 @@ class Context:
         # Messages each source added while the mailbox held more than its share (see contend).
         self._contention: Dict[Source, int] = {}
         self._share = node.source_share
-        self._stopping = False
+        self._mailbox_size = node.mailbox_size
+        # Above this depth, taking a message changes nothing in the flow control (see _take).
+        self._calm = max(self._low_water, self._share // 2) + 1
+        self.stopping = False  # see the class docstring
         self._send_wait: Optional[Event] = None  # what a send of this worker waits on
         self._relay = _Relay(self.address)
         self.outlet_sends = 0  # messages an outlet carried (see Node.statistics)
@@ -283,7 +290,9 @@ class Context:
                 dropped (counted as ``bad_payload``).
         """
         items = self.mailbox.items
-        if items and not self._contention and type(items[0]) is not _Signal:
+        if items and (not self._contention or len(items) > self._calm) and (
+            type(items[0]) is not _Signal
+        ):
             msg = items.popleft()  # the common case under load, without a call (see _take)
         else:
             msg = self._take(timeout)
@@ -301,7 +310,9 @@ class Context:
         :class:`RemoteProtocolError`. A worker's handler gets its messages this way, so a worker
         that only forwards never loses a message for its payload."""
         items = self.mailbox.items
-        if items and not self._contention and type(items[0]) is not _Signal:
+        if items and (not self._contention or len(items) > self._calm) and (
+            type(items[0]) is not _Signal
+        ):
             msg = items.popleft()  # the common case under load, without a call (see _take)
         else:
             msg = self._take(timeout)
@@ -344,16 +355,25 @@ class Context:
 
     # -- flow control (for the router and transports) ---------------------------------------
 
-    def contend(self, source: Source) -> None:
-        """The router calls this for each message from ``source`` that it added to the mailbox
+    def contend(self, source: Source, added: int = 1) -> int:
+        """The router calls this for the messages from ``source`` that it added to the mailbox
         while it held more than the node's ``source_share``. The fairness rule (docs/protocol.md,
         "Flow control"): ``source`` is held once it added more than its share since the mailbox
         was last drained to half its share, or when the mailbox is past ``mailbox_size``
         whoever adds to it. Held sources resume once the mailbox is drained to half of
-        ``mailbox_size``; the counts start again once it is drained to half the share."""
-        n = self._contention[source] = self._contention.get(source, 0) + 1
-        if n > self._share or len(self.mailbox) > self.node.mailbox_size:
+        ``mailbox_size``; the counts start again once it is drained to half the share.
+
+        Returns how many more messages ``source`` can add before either bound is passed, if
+        nothing drains the mailbox meanwhile: the router, which routes without yielding, adds
+        that many before it calls again (passing them in ``added``), so a deep mailbox costs a
+        call per share rather than per message, and sources are held exactly where they would
+        be with a call per message."""
+        n = self._contention[source] = self._contention.get(source, 0) + added
+        room = self._mailbox_size - len(self.mailbox.items)
+        if n > self._share or room < 0:
             self.hold(source)
+            return 0
+        return min(self._share - n, room)
 
     def hold(self, source: Source) -> None:
         """Pause ``source`` (see :meth:`contend`) until the mailbox drains to half of
@@ -382,15 +402,10 @@ class Context:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`interrupt` or :meth:`close` was called."""
-        return self._stopping
-
     def interrupt(self) -> None:
         """Make every receive (waiting now or later) raise :class:`NodeStopped`; the messages
         already in the mailbox stay until :meth:`close`."""
-        self._stopping = True
+        self.stopping = True
         self.mailbox.put(_STOPPED)
 
     def close(self) -> None:
@@ -400,7 +415,7 @@ class Context:
         self.node.release_addresses(self)
         self.node.count_routed(self.outlet_sends)  # the node keeps the count once we are gone
         self.outlet_sends = 0
-        self._stopping = True
+        self.stopping = True
         items = self.mailbox.items
         while items:
             item = items.popleft()

@@ -193,6 +193,9 @@ class Router:
         last_ctx: Any = None  # the context of last_onward; None: an endpoint's (see run)
         run: List[TransportMessage] = []  # messages in a row for one endpoint
         routed = 0  # added to self.routed once, at the end
+        # Past its share, a mailbox takes ``budget`` more messages from source before the next
+        # Context.contend, which is told of the ``uncounted`` ones (see there).
+        budget = uncounted = 0
         for msg in messages:
             onward = msg[1]
             if onward is last_onward:
@@ -204,6 +207,9 @@ class Router:
                 if run:  # handed over before anything after it is routed
                     self._to_endpoint(run, source)
                     run = []
+                if uncounted:
+                    last_ctx.contend(source, uncounted)
+                budget = uncounted = 0
                 last_onward = None  # until this route resolves to a local context or endpoint
                 if not onward:
                     self.node.drop("empty_route", msg, source)
@@ -230,9 +236,16 @@ class Router:
             if waiters:
                 wake.append(waiters.popleft())
             if len(items) > share:  # contended: count it, maybe hold its source
-                ctx.contend(source)
+                if budget:
+                    budget -= 1
+                    uncounted += 1
+                else:
+                    budget = ctx.contend(source, uncounted + 1)
+                    uncounted = 0
             routed += 1
         self.routed += routed
+        if uncounted:
+            last_ctx.contend(source, uncounted)
         if run:
             self._to_endpoint(run, source)
 
