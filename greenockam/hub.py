@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import gevent
 from gevent import Greenlet
@@ -76,20 +76,29 @@ class _Forwarder(Endpoint):
         self.endpoint = hub.node.endpoint(route[0])
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
-        hub = self.hub
-        hub.forwarded += 1
-        # _message(), inlined here and in RemoteForwarder.handle: a call less per message
-        forward = _new_tuple(TransportMessage, (VERSION, self.route, message[2], message[3]))
-        if source is None:
-            hub._send(forward, None)
+        if source is not None:
+            self.handle_run([message], source)
             return
-        vouched = hub._vouched
-        if vouched is None or vouched.source is not source:
-            vouched = hub._vouched = Vouched(source)
+        self.hub.forwarded += 1
+        self.hub.node.route(_message(self.route, message[2], message[3]), None)
+
+    def handle_run(self, messages: List[TransportMessage], source: Source) -> None:
+        """Messages that came in a row from one connection: re-routed together, with one
+        ``Vouched`` source, straight to the registrant's connection when its mark is here."""
+        hub = self.hub
+        hub.forwarded += len(messages)
+        route = self.route
+        # _message(), inlined: a call less per message
+        forwards = [_new_tuple(TransportMessage, (VERSION, route, m[2], m[3])) for m in messages]
+        vouched = Vouched(source)
         if self.endpoint is not None:
-            self.endpoint.handle(forward, vouched)
-        else:
-            hub._send(forward, vouched)
+            self.endpoint.handle_run(forwards, vouched)
+            return
+        try:
+            hub.node.relay_run(forwards, vouched)
+        except NodeStopped:
+            for forward in forwards:
+                hub.node.drop("stopped", forward, vouched)
 
 
 class _EchoService(Endpoint):
@@ -102,7 +111,7 @@ class _EchoService(Endpoint):
 
     def handle(self, message: TransportMessage, source: Optional[Source]) -> None:
         self.hub.echoed += 1
-        self.hub._send(_message(message[2], self.hub._echo_route, message[3]), source)
+        self.hub.node.route(_message(message[2], self.hub._echo_route, message[3]), source)
 
 
 class _ForwardingService(Endpoint):
@@ -164,9 +173,6 @@ class Hub:
         self._by_connection: Dict[Address, Set[str]] = {}  # registrant mark -> its forwarders
         self._watches: Dict[Address, Cancel] = {}  # registrant mark -> its close watch
         self._echo_route = Route([Address(LOCAL, ECHO_SERVICE)])
-        # The Vouched source the forwarders used last: a batch of messages comes from one
-        # source, so it is made once per batch rather than once per message.
-        self._vouched: Optional[Vouched] = None
         self._services = [
             node.start_endpoint(ECHO_SERVICE, _EchoService(self)),
             node.start_endpoint(FORWARDING_SERVICE, _ForwardingService(self)),
@@ -174,19 +180,6 @@ class Hub:
 
     def __repr__(self) -> str:
         return f"<Hub {len(self._forwarders)} forwarders>"
-
-    # -- routing ----------------------------------------------------------------------------
-
-    def _send(self, message: TransportMessage, source: Optional[Source]) -> None:
-        """Route what the hub itself sends, in the calling greenlet: by the router's rules when
-        it came from the network (never blocking or raising), as a local send otherwise."""
-        if source is None:
-            self.node.dispatch(message)
-            return
-        try:
-            self.node.relay(message, source)
-        except NodeStopped:
-            self.node.drop("stopped", message, source)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -225,7 +218,7 @@ class Hub:
             owned.add(address[1])
         self.registrations += 1
         logger.debug("forwarder {} registered for {}", address, connection or "a local worker")
-        self._send(_message(route, Route([address]), message[3]), source)
+        node.route(_message(route, Route([address]), message[3]), source)
 
     def _refuse(self, reason: str, message: TransportMessage, source: Optional[Source]) -> None:
         self._refused += 1
@@ -274,7 +267,6 @@ class Hub:
         for cancel in list(self._watches.values()):
             cancel()
         self._watches.clear()
-        self._vouched = None
         self._by_connection.clear()
         for value in list(self._forwarders):
             self._remove(value)

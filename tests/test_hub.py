@@ -279,6 +279,20 @@ def test_a_registered_worker_is_reachable_through_its_forwarder(net):
     assert net.hub.statistics()["forwarded"] == 2
 
 
+def test_a_burst_through_a_forwarder_arrives_whole_and_in_order(net):
+    # Sent without waiting, the messages reach the hub in runs: each run is re-routed together.
+    net.start_hub()
+    _, echoer, rf = net.registrant()
+    a = net.node()
+    with a.open_context() as sender:
+        for i in range(500):
+            sender.send(rf.info.forwarding_route, f"m{i}")
+        replies = [sender.receive(T).body for _ in range(500)]
+    assert replies == [f"m{i}" for i in range(500)]
+    assert echoer.bodies == replies
+    assert net.hub.statistics()["forwarded"] == 500
+
+
 class Opened(Echo):
     """An Echo that starts by answering "opened" along ``route``."""
 
