@@ -66,8 +66,8 @@ class Vouched:
     What the endpoint sends with a :class:`Vouched` source passes the confinement of a
     transport (docs/protocol.md, section 6) as a local sender's would, and keeps ``source``'s
     flow control: pausing or resuming it pauses or resumes ``source``, and it equals ``source``
-    in a :class:`Held` set. Make one per message (it is cheap); never hand one to code that
-    does not vouch for the message.
+    in a :class:`Held` set. It holds no state of its own: one per message or per run is
+    cheap; never hand one to code that does not vouch for the message.
     """
 
     __slots__ = ("source", "peer")
