@@ -12,14 +12,16 @@ import math
 import os
 import resource
 import sys
+from types import SimpleNamespace
 
+import gevent
 import pytest
 
 from helpers import SCRIPTS, run_script
 
 sys.path.insert(0, SCRIPTS)
 
-from benchmark import codec, report  # found through the path set just above
+from benchmark import codec, report, roles  # found through the path set just above
 from benchmark.common import BenchError
 
 # The results of a real quick run of three repetitions (runner.run_all(3, (0, 0), quick sizes)),
@@ -279,6 +281,36 @@ def test_the_secure_rows_show_each_figure_through_the_channel_and_plain():
     assert row.split("|")[2].strip() == "70,616"
     (row,) = lines_with(lines, "secure / plain")[1:]
     assert [cell.strip() for cell in row.split("|")[2:]] == ["0.265", "–", ">= 0.5  MISSED"]
+
+
+class CountingNode:
+    """A node for roles.gko_pipelined that echoes at once and records how many messages were
+    unanswered at each send."""
+
+    def __init__(self):
+        self.sent = self.received = 0
+        self.unanswered = []
+
+    def send(self, route, body):
+        self.sent += 1
+        self.unanswered.append(self.sent - self.received)
+
+    def receive(self, timeout=None):
+        while self.received == self.sent:
+            gevent.sleep(0)  # let the sender greenlet run: the stand-in for a network wait
+        self.received += 1
+        return SimpleNamespace(body=roles.MESSAGE)  # all gko_pipelined reads of a reply
+
+
+def test_a_windowed_pipelined_run_keeps_at_most_its_window_unanswered():
+    node = CountingNode()
+    window = 3 * roles.WINDOW_STEP
+    _, ok = roles.gko_pipelined(node, ["x"], 20 * roles.WINDOW_STEP, 5.0, window)
+    assert ok and node.received == node.sent == 20 * roles.WINDOW_STEP
+    assert max(node.unanswered) <= window
+    unbounded = CountingNode()
+    roles.gko_pipelined(unbounded, ["x"], 20 * roles.WINDOW_STEP, 5.0)
+    assert max(unbounded.unanswered) > window  # what the window prevents
 
 
 def test_the_codec_rows_read_the_fields_the_codec_role_measures():
