@@ -24,7 +24,6 @@ import pytest
 from gevent.event import Event
 
 from greenockam import (
-    Node,
     ReceiveTimeout,
     RegistrationFailed,
     Route,
@@ -37,6 +36,7 @@ from greenockam.wire import decode_body
 from helpers import (
     ROOT,
     Echo,
+    Net,
     Process,
     bare_str,
     recv_frame,
@@ -67,31 +67,27 @@ RUST = os.environ.get(
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Net:
-    """The hub node and client nodes of one test, all stopped at the end."""
+class HubNet(Net):
+    """:class:`helpers.Net` with a hub node, its clients and registrants, all stopped at the
+    end."""
 
     def __init__(self):
-        self.nodes = []
-        self.socks = []
+        super().__init__()
         self.forwarders = []
-        self.tcp = {}
 
     def start_hub(self, mark="random", confine=True, address="127.0.0.1:0", **options):
-        node = self.node()
-        self.hub_address = self.tcp[node].listen(address, mark=mark, confine=confine)
-        self.hub_node = node
-        self.hub = Hub(node, **options)
+        self.hub_node, self.hub_tcp, _ = self.node()
+        self.hub_address = self.hub_tcp.listen(address, mark=mark, confine=confine)
+        self.hub = Hub(self.hub_node, **options)
         return self.hub
 
-    def node(self):
-        node = Node()
-        self.nodes.append(node)
-        self.tcp[node] = TcpTransport(node)
-        return node
+    def client(self):
+        """A node with a TCP transport and no listener."""
+        return self.node()[0]
 
     def registrant(self, destination="echoer", **options):
         """A node with an Echo at ``destination`` registered at the hub."""
-        node = self.node()
+        node = self.client()
         echoer = Echo()
         node.start_worker(destination, echoer)
         rf = RemoteForwarder.create(node, self.hub_address, destination, timeout=T, **options)
@@ -102,9 +98,7 @@ class Net:
         return Route(["1#" + self.hub_address, *hops])
 
     def raw(self):
-        sock = gevent.socket.create_connection(split(self.hub_address), T)
-        self.socks.append(sock)
-        return sock
+        return self.connect(self.hub_address, T)
 
     def closed_at_hub(self, mark):
         """An Event set once the hub has handled the close of the connection marked ``mark``."""
@@ -115,24 +109,16 @@ class Net:
     def close(self):
         for rf in self.forwarders:
             rf.stop()
-        for sock in self.socks:
-            sock.close()
-        for node in reversed(self.nodes):
-            node.stop(timeout=2)
+        super().close()
 
 
 @pytest.fixture
 def net():
-    n = Net()
+    n = HubNet()
     try:
         yield n
     finally:
         n.close()
-
-
-def split(address):
-    host, _, port = address.rpartition(":")
-    return host, int(port)
 
 
 def frame_of(entry, subst=()):
@@ -238,7 +224,7 @@ def test_the_remote_forwarder_registers_with_the_bytes_of_the_rust_client(net):
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     hub = f"127.0.0.1:{listener.getsockname()[1]}"
-    node = net.node()
+    node = net.client()
     creating = gevent.spawn(RemoteForwarder.create, node, hub, "echoer", timeout=T)
     try:
         conn, _ = listener.accept()
@@ -265,7 +251,7 @@ def test_a_registered_worker_is_reachable_through_its_forwarder(net):
     net.start_hub()
     _, echoer, rf = net.registrant()
     assert rf.info.forwarding_route == net.route("0#" + rf.info.remote_address)
-    a = net.node()
+    a = net.client()
     reply = a.request(rf.info.forwarding_route, "Hello", timeout=T)
     assert reply.body == "Hello"
     # the reply came straight from B's echoer through the hub, not through the forwarder
@@ -283,7 +269,7 @@ def test_a_burst_through_a_forwarder_arrives_whole_and_in_order(net):
     # Sent without waiting, the messages reach the hub in runs: each run is re-routed together.
     net.start_hub()
     _, echoer, rf = net.registrant()
-    a = net.node()
+    a = net.client()
     with a.open_context() as sender:
         for i in range(500):
             sender.send(rf.info.forwarding_route, f"m{i}")
@@ -315,11 +301,11 @@ def test_a_peer_talks_to_the_worker_a_registrant_started_for_it(net):
     """The routing of a secure channel through a forwarder, under confinement: the first
     message goes through the forwarder, the rest along the route of the answer."""
     net.start_hub()
-    b = net.node()
+    b = net.client()
     b.start_worker("listener", Spawner())
     rf = RemoteForwarder.create(b, net.hub_address, "listener", timeout=T)
     net.forwarders.append(rf)
-    a = net.node()
+    a = net.client()
     first = a.request(registered(rf).forwarding_route, "open", timeout=T)
     assert first.body == "opened"
     assert first.return_route[-1] != Route(["listener"])[0]
@@ -330,7 +316,7 @@ def test_a_peer_talks_to_the_worker_a_registrant_started_for_it(net):
 
 def test_echo_service_through_the_hub(net):
     net.start_hub()
-    a = net.node()
+    a = net.client()
     reply = a.request(net.route("echo_service"), "Hello Ockam!", timeout=T)
     assert (reply.body, str(reply.return_route)) == (
         "Hello Ockam!",
@@ -346,7 +332,7 @@ def test_a_context_on_the_hub_node_itself_can_register(net):
     assert (reply.body, len(reply.return_route)) == ("register", 1)
     forwarder = reply.return_route[0].value
     assert net.hub.forwarders[forwarder] == Route(["local"])
-    net.node().send(net.route(forwarder), "to the hub's own context")
+    net.client().send(net.route(forwarder), "to the hub's own context")
     assert local.receive(timeout=T).body == "to the hub's own context"
     assert net.hub_node.request(["echo_service"], "local echo", timeout=T).body == "local echo"
 
@@ -364,7 +350,7 @@ def test_every_registration_gets_a_new_forwarder(net):
     rf2 = RemoteForwarder.create(node, net.hub_address, "echoer", timeout=T)
     net.forwarders.append(rf2)
     assert registered(rf1).remote_address != registered(rf2).remote_address
-    a = net.node()
+    a = net.client()
     for rf in (rf1, rf2):
         info = registered(rf)
         assert a.request(info.forwarding_route, info.remote_address, timeout=T).body
@@ -442,7 +428,7 @@ def learned_mark(net):
     forwarder, the return route A was handed: [1#hub, B's mark, echoer])."""
     b, echoer, rf = net.registrant()
     secret = b.open_context("secret")
-    a = net.node()
+    a = net.client()
     reply = a.request(rf.info.forwarding_route, "hello", timeout=T)
     return a, secret, echoer, rf, reply.return_route
 
@@ -476,7 +462,7 @@ def test_with_peer_marks_confinement_still_holds(net):
     a, secret, echoer, rf, handed = learned_mark(net)
     assert str(handed[1]).startswith("1#127.0.0.1:")
     a.send(Route([handed[0], handed[1], "secret"]), "attack")
-    net.node().send(handed, "from a client that guessed the port")
+    net.client().send(handed, "from a client that guessed the port")
     assert a.request(handed, "along the handed route", timeout=T).body == "along the handed route"
     assert echoer.bodies == ["hello", "along the handed route"]
     assert dropped(net.hub_node, "confined") == 2
@@ -495,7 +481,7 @@ def test_with_peer_marks_and_no_confinement_the_hub_is_the_2021_open_relay(net):
 def test_a_third_client_cannot_use_a_leaked_route(net):
     net.start_hub()
     _, _, echoer, rf, handed = learned_mark(net)
-    c = net.node()
+    c = net.client()
     c.send(handed, "leaked")  # the exact route A was handed, from another connection
     assert c.request(rf.info.forwarding_route, "legit", timeout=T).body == "legit"
     assert echoer.bodies == ["hello", "legit"]
@@ -509,7 +495,7 @@ def test_guessed_marks_reach_nothing(net):
     b = net.raw()
     b.sendall(bytes.fromhex(FRAMES["register_request"]["frame_hex"]))
     forwarder = message_of(recv_frame(b)).return_route[0].value
-    c = net.node()
+    c = net.client()
     worker = PARAMS["remote_forwarder_worker"]
     c.send(net.route(f"1#127.0.0.1:{b.getsockname()[1]}", worker), "guess by port")
     c.send(net.route("0#" + os.urandom(16).hex(), worker), "guess at random")
@@ -548,7 +534,7 @@ def test_registrations_past_the_connection_limit_are_dropped(net):
     assert dropped(net.hub_node, "connection_forwarder_limit") == 2
     # another connection registers and is reached as usual
     _, echoer, rf = net.registrant()
-    assert net.node().request(rf.info.forwarding_route, "still", timeout=T).body == "still"
+    assert net.client().request(rf.info.forwarding_route, "still", timeout=T).body == "still"
 
 
 def test_registrations_past_the_total_limit_are_dropped_and_the_client_says_so(net):
@@ -558,7 +544,7 @@ def test_registrations_past_the_total_limit_are_dropped_and_the_client_says_so(n
     with pytest.raises(RegistrationFailed, match="no reply"):
         RemoteForwarder.create(node, net.hub_address, "echoer", timeout=0.2)
     assert dropped(net.hub_node, "forwarder_limit") == 1
-    assert net.node().request(net.route("echo_service"), "ok", timeout=T).body == "ok"
+    assert net.client().request(net.route("echo_service"), "ok", timeout=T).body == "ok"
 
 
 def test_a_slow_registrant_holds_back_only_the_senders_to_it(net):
@@ -574,7 +560,7 @@ def test_a_slow_registrant_holds_back_only_the_senders_to_it(net):
     s = net.raw()
     sending = gevent.spawn(s.sendall, flood)
     _, echoer, rf = net.registrant()
-    c = net.node()
+    c = net.client()
     for i in range(3):
         assert c.request(rf.info.forwarding_route, str(i), timeout=T).body == str(i)
         assert c.request(net.route("echo_service"), str(i), timeout=T).body == str(i)
@@ -590,7 +576,7 @@ def test_a_slow_registrant_holds_back_only_the_senders_to_it(net):
 
 def test_a_registrants_forwarders_go_when_its_connection_closes(net):
     net.start_hub()
-    a = net.node()
+    a = net.client()
     assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
     baseline = (net.hub.statistics()["forwarders"], net.hub_node.statistics()["endpoints"])
     b, _, rf = net.registrant()
@@ -615,7 +601,7 @@ def test_a_registrants_forwarders_go_when_its_connection_closes(net):
 
 def test_a_registrant_killed_with_sigkill_leaves_nothing_at_the_hub(net):
     net.start_hub()
-    a = net.node()
+    a = net.client()
     assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
     baseline = (net.hub.statistics(), net.hub_node.statistics()["endpoints"])
     args = ["--hub", net.hub_address, "--log-level", "WARNING"]
@@ -627,7 +613,7 @@ def test_a_registrant_killed_with_sigkill_leaves_nothing_at_the_hub(net):
         server.send_signal(signal.SIGKILL)
         assert closed.wait(T)
     assert net.hub.statistics()["forwarders"] == baseline[0]["forwarders"] == 0
-    stats = net.tcp[net.hub_node].statistics()
+    stats = net.hub_tcp.statistics()
     assert (stats["confined_connections"], stats["grants"]) == (1, 0)  # A's, with nothing to B
     assert net.hub_node.statistics()["endpoints"] == baseline[1] + 1  # its gone mark (bounded)
     a.send(route, "stale")
@@ -648,7 +634,7 @@ def test_the_remote_forwarder_registers_again_after_the_hub_restarts(net):
     second = infos.get(timeout=T)
     assert second.remote_address != first.remote_address
     assert rf.info == second
-    a = net.node()
+    a = net.client()
     assert a.request(second.forwarding_route, "back", timeout=T).body == "back"
     assert echoer.bodies == ["back"]
 
@@ -666,7 +652,7 @@ def test_stopping_a_remote_forwarder_removes_its_address(net):
 def test_stopping_the_hub_leaves_the_node_and_its_connections(net):
     net.start_hub()
     _, _, rf = net.registrant()
-    a = net.node()
+    a = net.client()
     reply = a.request(rf.info.forwarding_route, "x", timeout=T)
     marks = {v for v in net.hub_node.endpoints if v not in net.hub.forwarders}
     marks -= {"echo_service", "forwarding_service"}
@@ -701,12 +687,12 @@ def test_a_thousand_registrants_each_answer_through_their_forwarder(net, record_
     hub = start_server("hub.py", "127.0.0.1:0", "--log-level", "WARNING")
     try:
         net.hub_address = hub.address
-        a = net.node()
+        a = net.client()
         assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
         before = rss_kib(hub.pid)
         infos = []
         for _ in range(20):  # 20 connections of 50 registrants (the per-connection limit is 64)
-            node = net.node()
+            node = net.client()
             node.start_worker("echoer", Echo())
             for _ in range(50):
                 rf = RemoteForwarder.create(node, net.hub_address, "echoer", timeout=T)
@@ -749,7 +735,7 @@ def test_a_thousand_registrant_connections_each_answer_through_their_forwarder(
     echoers = []
     try:
         net.hub_address = hub.address
-        a = net.node()
+        a = net.client()
         assert a.request(net.route("echo_service"), "warm", timeout=T).body == "warm"
         before = rss_kib(hub.pid)
         register = bytes.fromhex(FRAMES["register_request"]["frame_hex"])
@@ -929,7 +915,7 @@ def test_a_rust_registered_echoer_in_front_of_a_greenockam_in_process_hub(net):
     forwarder when the Rust node goes."""
     net.start_hub()
     with rust_registered_echoer(net.hub_address) as forwarder:
-        a = net.node()
+        a = net.client()
         assert a.request(net.route(forwarder), "to Rust", timeout=T).body == "to Rust"
         closed = net.closed_at_hub(net.hub.forwarders[forwarder][0])
     assert closed.wait(T)
