@@ -14,6 +14,7 @@ mailbox to half (docs/protocol.md, "Flow control").
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Type, Union
 
 from gevent.event import Event
@@ -110,7 +111,8 @@ class Context:
         "_low_water",
         "_contention",
         "_mailbox_size",
-        "_calm",
+        "_quick",
+        "_signals",
         "_share",
         "stopping",
         "_send_wait",
@@ -138,8 +140,11 @@ class Context:
         self._contention: Dict[Source, int] = {}
         self._share = node.source_share
         self._mailbox_size = node.mailbox_size
-        # Above this depth, taking a message changes nothing in the flow control (see _take).
-        self._calm = max(self._low_water, self._share // 2) + 1
+        self._signals = 0  # signals waiting in the mailbox (see _signal)
+        # receive() and receive_any() pop a message without a call while the mailbox holds more
+        # than this many: above it, taking one can change nothing that _take looks after (see
+        # _set_quick). 0 while no source contends, nothing is held and no signal waits.
+        self._quick = 0
         self.stopping = False  # see the class docstring
         self._send_wait: Optional[Event] = None  # what a send of this worker waits on
         self._relay = _Relay(self.address)
@@ -168,11 +173,11 @@ class Context:
             LocalProtocolError: ``body`` cannot be encoded, or the message is too big.
             NodeStopped: the node was stopped.
         """
-        self._send(as_route(route), self.codec.encode(body), self._return_route)
+        self._send(as_route(route), self.codec.encode(body))
 
     def send_payload(self, route: RouteLike, payload: bytes) -> None:
         """Like :meth:`send`, with ``payload`` already encoded."""
-        self._send(as_route(route), bytes(payload), self._return_route)
+        self._send(as_route(route), bytes(payload))
 
     def send_from_address(self, route: RouteLike, body: Any, sending_address: AddressLike) -> None:
         """Like :meth:`send`, with the return route ``[sending_address]``, which must be one of
@@ -184,7 +189,7 @@ class Context:
         address = Address.parse(sending_address)
         if address not in self.addresses:
             raise AddressError(f"{address} is not an address of {self.address}")
-        ret = self._return_route if address == self.address else Route([address])
+        ret = None if address == self.address else Route([address])
         self._send(as_route(route), self.codec.encode(body), ret)
 
     def send_message(self, message: TransportMessage) -> None:
@@ -194,14 +199,20 @@ class Context:
 
     def reply(self, msg: Routed, body: Any) -> None:
         """Send ``body`` back along ``msg``'s return route."""
-        self._send(msg[2], self.codec.encode(body), self._return_route)
+        self._send(msg[2], self.codec.encode(body))
 
-    def _send(self, route: Route, payload: bytes, ret: Route) -> None:
-        key: Any = route if ret is self._return_route else (route, ret)
-        outlet = self._outlets.get(key)
+    def _send(self, route: Route, payload: bytes, ret: Optional[Route] = None) -> None:
+        """Send along ``route`` with the return route ``ret`` (None: this context's own, whose
+        outlets are found by the onward route alone; a chosen one's by both routes)."""
+        outlet = self._outlets.get(route if ret is None else (route, ret))
         if outlet is not None and outlet(payload):  # the fast path took it
             self.outlet_sends += 1
             return
+        if ret is None:
+            ret = self._return_route
+            key: Any = route
+        else:
+            key = (route, ret)
         self.node.dispatch(_new_tuple(TransportMessage, (VERSION, route, ret, payload)))
         outlet = self.node.outlet(route, ret)  # sent: the next ones may take a fast path
         if outlet is not None:
@@ -269,7 +280,7 @@ class Context:
 
         def lost() -> None:
             text = f"the connection to {hop} closed before the reply to {{}} came"
-            self.mailbox.put(_Signal(ConnectionLost, text, repeat=False))
+            self._signal(_Signal(ConnectionLost, text, repeat=False))
 
         cancel = self.node.on_close(hop, lost)
         if cancel is None:
@@ -290,10 +301,8 @@ class Context:
                 dropped (counted as ``bad_payload``).
         """
         items = self.mailbox.items
-        if items and (not self._contention or len(items) > self._calm) and (
-            type(items[0]) is not _Signal
-        ):
-            msg = items.popleft()  # the common case under load, without a call (see _take)
+        if len(items) > self._quick:
+            msg = items.popleft()  # the common case under load, without a call (see _quick)
         else:
             msg = self._take(timeout)
         decode = self._decode if message_type is None else self.codec.decoder(message_type)
@@ -310,10 +319,8 @@ class Context:
         :class:`RemoteProtocolError`. A worker's handler gets its messages this way, so a worker
         that only forwards never loses a message for its payload."""
         items = self.mailbox.items
-        if items and (not self._contention or len(items) > self._calm) and (
-            type(items[0]) is not _Signal
-        ):
-            msg = items.popleft()  # the common case under load, without a call (see _take)
+        if len(items) > self._quick:
+            msg = items.popleft()  # the common case under load, without a call (see _quick)
         else:
             msg = self._take(timeout)
         try:
@@ -338,14 +345,38 @@ class Context:
         if type(msg) is _Signal:
             if msg.repeat:
                 mailbox.put(msg)  # keep waking every other receiver too
+            else:
+                self._signals -= 1
+                self._set_quick()
             raise msg.error(msg.text.format(self.address))
         if self._contention:  # see contend
             depth = len(items)
             if depth <= self._low_water and self._held:
                 self._held.release()
+                self._set_quick()
             if depth <= self._share // 2:
                 self._contention.clear()
+                self._set_quick()
         return msg  # type: ignore[no-any-return]
+
+    def _set_quick(self) -> None:
+        """Set the depth above which a receive needs no :meth:`_take` (see ``_quick``): none
+        while a signal waits (it must be raised in its turn); above the depth that resumes what
+        is held, or that starts the sources' counts again; else any."""
+        if self._signals:
+            self._quick = sys.maxsize
+        elif self._held:
+            self._quick = max(self._low_water, self._share // 2) + 1
+        elif self._contention:
+            self._quick = self._share // 2 + 1
+        else:
+            self._quick = 0
+
+    def _signal(self, signal: _Signal) -> None:
+        """Put ``signal`` in the mailbox: receives take the slow path until it is taken."""
+        self._signals += 1
+        self._quick = sys.maxsize
+        self.mailbox.put(signal)
 
     def receive_nowait(self, message_type: Any = None) -> Routed:
         """The next message if one is waiting, else :class:`ReceiveTimeout` at once."""
@@ -368,7 +399,10 @@ class Context:
         that many before it calls again (passing them in ``added``), so a deep mailbox costs a
         call per share rather than per message, and sources are held exactly where they would
         be with a call per message."""
-        n = self._contention[source] = self._contention.get(source, 0) + added
+        contention = self._contention
+        if not contention:
+            self._quick = self._share // 2 + 1  # _set_quick(), knowing what changed
+        n = contention[source] = contention.get(source, 0) + added
         room = self._mailbox_size - len(self.mailbox.items)
         if n > self._share or room < 0:
             self.hold(source)
@@ -378,8 +412,10 @@ class Context:
     def hold(self, source: Source) -> None:
         """Pause ``source`` (see :meth:`contend`) until the mailbox drains to half of
         ``mailbox_size``, and end a wait of this worker's own send (:meth:`wait_unless_full`)."""
-        if self._held.hold(source) and self._send_wait is not None:
-            self._send_wait.set()
+        if self._held.hold(source):
+            self._set_quick()
+            if self._send_wait is not None:
+                self._send_wait.set()
 
     @property
     def mailbox_full(self) -> bool:
@@ -406,7 +442,7 @@ class Context:
         """Make every receive (waiting now or later) raise :class:`NodeStopped`; the messages
         already in the mailbox stay until :meth:`close`."""
         self.stopping = True
-        self.mailbox.put(_STOPPED)
+        self._signal(_STOPPED)
 
     def close(self) -> None:
         """Give up this context's addresses; drop what waits in its mailbox (counted as
@@ -421,7 +457,8 @@ class Context:
             item = items.popleft()
             if type(item) is not _Signal:
                 self.node.drop("stopped", item, None)
-        self.mailbox.put(_STOPPED)
+        self._signals = 0
+        self._signal(_STOPPED)
         self._held.release()
 
     # -- workers ----------------------------------------------------------------------------

@@ -868,8 +868,26 @@ def test_a_flooding_source_is_paused_past_its_share_while_another_source_is_not(
         blocker.gate.set()
         wait(blocker.done, "every message")
         assert flood.calls == ["pause", "resume"]
+        assert flood.depths == [17, 32]  # resumed once drained to half of mailbox_size
         assert sorted(blocker.bodies) == list(range(40)) + [100, 101]
         assert node.statistics()["dropped"] == {}
+
+
+def test_the_counts_past_the_share_start_again_once_the_mailbox_is_drained_to_half_the_share():
+    with Node(mailbox_size=64, source_share=8) as node, node.open_context("sink") as sink:
+        src = RecordingSource(depth=lambda: depth(node, "sink"))
+        node.deliver([network_message(["sink"], str(i)) for i in range(12)], src)
+        poll_until(lambda: depth(node, "sink") == 12, "the first twelve to arrive")
+        # 4 of them were counted past the share of 8: not enough to hold the source.
+        for _ in range(8):
+            sink.receive(timeout=WAIT)  # down to 4, half the share: the counts start again
+        node.deliver([network_message(["sink"], str(i)) for i in range(12, 24)], src)
+        poll_until(lambda: depth(node, "sink") == 16, "the next twelve to arrive")
+        # 8 more counted past the share: within it, but 12 had the first 4 still counted.
+        assert src.calls == []
+        assert [sink.receive(timeout=WAIT).body for _ in range(16)] == [
+            str(i) for i in range(8, 24)
+        ]
 
 
 def test_the_share_cannot_exceed_the_mailbox_and_must_be_positive():
