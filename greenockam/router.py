@@ -190,8 +190,9 @@ class Router:
         contexts = self._contexts
         share = self.node.source_share
         last_onward: Any = None
-        last_ctx: Any = None  # the context of last_onward; None: an endpoint's (see run)
+        last_ctx: Any = None  # the context of last_onward
         run: List[TransportMessage] = []  # messages in a row for one endpoint
+        run_onward: Any = None  # their onward route
         routed = 0  # added to self.routed once, at the end
         # Past its share, a mailbox takes ``budget`` more messages from source before the next
         # Context.contend, which is told of the ``uncounted`` ones (see there).
@@ -200,9 +201,9 @@ class Router:
             onward = msg[1]
             if onward is last_onward:
                 ctx = last_ctx
-                if ctx is None:
-                    run.append(msg)
-                    continue
+            elif onward is run_onward:
+                run.append(msg)
+                continue
             else:
                 if run:  # handed over before anything after it is routed
                     self._to_endpoint(run, source)
@@ -210,7 +211,8 @@ class Router:
                 if uncounted:
                     last_ctx.contend(source, uncounted)
                 budget = uncounted = 0
-                last_onward = None  # until this route resolves to a local context or endpoint
+                # until this route resolves to a local context or endpoint
+                last_onward = run_onward = None
                 if not onward:
                     self.node.drop("empty_route", msg, source)
                     continue
@@ -226,15 +228,14 @@ class Router:
                 ctx = contexts.get(value)
                 if ctx is None:
                     run.append(msg)
-                    last_onward, last_ctx = onward, None
+                    run_onward = onward
                     continue
                 last_onward, last_ctx = onward, ctx
             mailbox = ctx.mailbox
             items = mailbox.items
             items.append(msg)  # Mailbox.push, inlined
-            waiters = mailbox.waiters
-            if waiters:
-                wake.append(waiters.popleft())
+            if mailbox.waiters:
+                wake.append(mailbox.waiters.popleft())
             if len(items) > share:  # contended: count it, maybe hold its source
                 if budget:
                     budget -= 1
