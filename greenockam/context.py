@@ -17,8 +17,6 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Type, Union
 
-from gevent.event import Event
-
 from .address import LOCAL, Address, AddressLike, Route, RouteLike, as_route
 from .codecs import Codec
 from .errors import (
@@ -115,7 +113,6 @@ class Context:
         "_signals",
         "_share",
         "stopping",
-        "_send_wait",
         "_relay",
         "outlet_sends",
     )
@@ -146,7 +143,6 @@ class Context:
         # _set_quick). 0 while no source contends, nothing is held and no signal waits.
         self._quick = 0
         self.stopping = False  # see the class docstring
-        self._send_wait: Optional[Event] = None  # what a send of this worker waits on
         self._relay = _Relay(self.address)
         self.outlet_sends = 0  # messages an outlet carried (see Node.statistics)
 
@@ -411,30 +407,20 @@ class Context:
 
     def hold(self, source: Source) -> None:
         """Pause ``source`` (see :meth:`contend`) until the mailbox drains to half of
-        ``mailbox_size``, and end a wait of this worker's own send (:meth:`wait_unless_full`)."""
+        ``mailbox_size``."""
         if self._held.hold(source):
             self._set_quick()
-            if self._send_wait is not None:
-                self._send_wait.set()
 
     @property
     def mailbox_full(self) -> bool:
-        """True while connections feeding this mailbox are held (past its bound or a share)."""
-        return bool(self._held)
+        """True while connections feeding this mailbox are held (past its bound or a share).
 
-    def wait_unless_full(self, event: Event) -> bool:
-        """Wait for ``event`` (a transport's "output drained"), but return False at once, or as
-        soon as, this context's mailbox is past its bound: a worker that waits to send is not
-        draining its mailbox, and its peer may be waiting for it (see
-        :class:`~greenockam.errors.OutputFull`). True when ``event`` was set."""
-        if self._held:
-            return False
-        self._send_wait = event
-        try:
-            event.wait()
-        finally:
-            self._send_wait = None
-        return not self._held
+        A transport asks it of a worker that waits to send (:meth:`Node.current_context`):
+        such a worker is not draining its mailbox meanwhile, and its peer may be waiting for it,
+        so it waits only while its output moves (see
+        :attr:`~greenockam.transport.tcp.TcpTransport.stall_timeout` and
+        :class:`~greenockam.errors.OutputFull`)."""
+        return bool(self._held)
 
     # -- lifecycle --------------------------------------------------------------------------
 

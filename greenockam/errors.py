@@ -122,9 +122,15 @@ class RegistrationFailed(ConnectFailed):
 
 
 class OutputFull(TransportError):
-    """A worker sent to a connection whose output is past ``high_water`` while its own mailbox
-    is full: waiting for the output to drain could deadlock (the peer may be waiting for this
-    worker), so the message is refused instead. Only a worker whose mailbox is full sees this.
+    """A worker whose own mailbox is full sent to a connection whose output is stalled: past
+    ``high_water``, and not a byte of it has gone out for at least ``stall_timeout`` (see
+    :class:`~greenockam.transport.tcp.TcpTransport`). The message is refused, not queued.
+
+    A worker waiting to send is not draining its mailbox, and the peer may be waiting for this
+    very worker (two workers on two nodes flooding each other): such a worker waits for a slow
+    output as long as it moves, but once its wait found the output stuck, its further sends to
+    that connection are refused at once, so that it gets back to its mailbox, until the output
+    moves again. Only a worker whose mailbox is full sees this.
     """
 
 

@@ -292,7 +292,7 @@ class Node:
 
     def current_context(self) -> Optional[Context]:
         """The context of the worker whose greenlet is running, if any (transports use it for
-        flow control: see :meth:`Context.wait_unless_full`)."""
+        flow control: see :attr:`Context.mailbox_full`)."""
         return self._worker_greenlets.get(getcurrent())
 
     def _run_worker(self, ctx: Context, worker: Worker, started: AsyncResult) -> None:

@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 import tracemalloc
-from typing import Deque
+from typing import Deque, List, Tuple
 
 import gevent
 import gevent.socket
@@ -28,6 +28,7 @@ from greenockam import (
     ConnectFailed,
     GreenockamError,
     Node,
+    OutputFull,
     RemoteProtocolError,
     Route,
     Worker,
@@ -35,7 +36,7 @@ from greenockam import (
 from greenockam.codecs import BARE
 from greenockam.transport.tcp import TcpTransport, format_peer, parse_host_port
 from greenockam.wire import FrameDecoder, TransportMessage, decode_body, encode_frame, encode_uint
-from helpers import Echo, LogCapture, start_server, wait_until
+from helpers import Echo, LogCapture, poll_until, start_server, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -571,9 +572,173 @@ def test_two_workers_on_two_nodes_flooding_each_other_over_tcp_do_not_deadlock()
                         f"deadlock: nothing moved for 10 s; sent {a.sent}, {b.sent}, "
                         f"received {a.received}, {b.received}"
                     )
+        # Each output stalled with its worker's mailbox full (OutputFull): that broke the cycle.
+        assert a.refused and b.refused, "no output ever stalled: not a flood"
     finally:  # a short timeout: deadlocked workers are killed rather than waited for
         node1.stop(timeout=0.5)
         node2.stop(timeout=0.5)
+
+
+# A worker whose mailbox is full, sending 60,000-byte payloads to a raw peer that reads at its own
+# pace: its output is past high_water for as long as the peer lets it.
+
+_PAYLOAD = 60_000
+
+
+def _payload(index):
+    return index.to_bytes(4, "big") * (_PAYLOAD // 4)
+
+
+class Scripted(Worker):
+    """Runs ``script(ctx)`` as the handler of its first message, once ``gate`` is set (the test
+    fills its mailbox from the network meanwhile), then sets ``done``. The other messages are
+    left alone: its mailbox stays full while the script runs."""
+
+    message_type = RAW
+
+    def __init__(self, script):
+        self.script = script
+        self.gate = Event()
+        self.done = Event()
+
+    def handle_message(self, ctx, msg):
+        if not self.done.is_set():
+            self.gate.wait()
+            try:
+                self.script(ctx)
+            finally:
+                self.done.set()
+
+
+def _start_with_a_full_mailbox(server, peers, script):
+    """``script`` running in a worker whose mailbox a raw client has filled past its bound (so
+    the connection that filled it is held: ``ctx.mailbox_full``)."""
+    worker = Scripted(script)
+    server.node.start_worker("busy", worker)
+    server.node.send(["busy"], b"go")
+    size = server.node.mailbox_size
+    peers(server.address).send(b"".join(frame(["busy"]) for _ in range(2 * size)))
+    poll_until(
+        lambda: server.node.statistics()["mailbox_depths"].get("0#busy", 0) > size,
+        "the worker's mailbox to fill",
+    )
+    worker.gate.set()
+    return worker
+
+
+def _attempt(ctx, route, index):
+    """Send ``_payload(index)`` along ``route``: (refused with OutputFull, waited: the send let
+    another greenlet run, which only a wait for the connection does)."""
+    waited = Event()
+    marker = gevent.spawn(waited.set)  # runs only if the send switches to the hub
+    try:
+        ctx.send_payload(route, _payload(index))
+        refused = False
+    except OutputFull:
+        refused = True
+    marker.kill()
+    return refused, waited.is_set()
+
+
+def _read(sock, got, arrived, chunk, pause=0.0):
+    """The peer: reads ``chunk`` bytes at a time, pausing ``pause`` s after each read (how slowly
+    it reads), and appends the index of every payload that arrives to ``got``."""
+    decoder = FrameDecoder()
+    while True:
+        data = sock.recv(chunk)
+        if not data:
+            return
+        got.extend(int.from_bytes(m.payload[:4], "big") for m in decoder.feed(data))
+        arrived.set()
+        if pause:
+            gevent.sleep(pause)
+
+
+def test_a_worker_with_a_full_mailbox_waits_for_a_slow_output_as_long_as_it_moves(
+    make_server, peers, net
+):
+    """The echoer behind a busy hub: its mailbox is full and its output past high_water, but the
+    peer keeps reading (16 KiB, then a millisecond's pause): every send waits its turn and goes
+    through, and nothing is refused, though the output stays full for well over stall_timeout
+    in all (at most 16 MB/s for the 26 MB past the kernel's buffers)."""
+    server = make_server(mailbox_size=8)
+    listener, sink = net.listener()
+    route = Route([f"1#{sink}", "sink"])
+    count = 500  # 30 MB: more than the kernel buffers (about 4 MB here) and high_water hold
+    outcomes: List[Tuple[bool, bool]] = []
+    full: List[bool] = []
+
+    def script(ctx):
+        full.append(ctx.mailbox_full)
+        outcomes.extend(_attempt(ctx, route, i) for i in range(count))
+        full.append(ctx.mailbox_full)
+
+    worker = _start_with_a_full_mailbox(server, peers, script)
+    got: List[int] = []
+    arrived = Event()
+    reader = gevent.spawn(_read, net.accept(listener), got, arrived, 16384, pause=0.001)
+    try:
+        assert worker.done.wait(timeout=50), "the worker's sends did not end"
+        assert full == [True, True]  # its mailbox was full all along
+        refusals = [i for i, (refused, _) in enumerate(outcomes) if refused]
+        assert not refusals, f"{len(refusals)} of {count} sends refused, from #{refusals[0]} on"
+        assert any(waited for _, waited in outcomes), "no send waited: the output never filled"
+        wait_until(lambda: len(got) == count, arrived, "every payload at the peer")
+    finally:
+        reader.kill()
+    assert got == list(range(count))
+
+
+def test_a_stalled_output_refuses_a_full_worker_at_once_until_it_moves_again(
+    make_server, peers, net
+):
+    """The peer reads nothing: the send that finds the output stuck waits out stall_timeout and
+    is queued, the connection is stalled, and the next sends are refused at once (without a
+    switch to the hub: no wait) while nothing has moved. Once the peer has read what was
+    queued, the connection is no longer stalled, and the worker, its mailbox still full, waits
+    for its output again instead of being refused."""
+    server = make_server(mailbox_size=8)
+    server.transport.stall_timeout = 0.25  # documented policy attribute: a quicker test
+    listener, sink = net.listener()
+    route = Route([f"1#{sink}", "sink"])
+    before: List[Tuple[bool, bool]] = []
+    after: List[Tuple[bool, bool]] = []
+    full_after: List[bool] = []
+    refusing = Event()
+    moved = Event()
+
+    def script(ctx):
+        while sum(refused for refused, _ in before) < 3:
+            before.append(_attempt(ctx, route, len(before)))
+        refusing.set()
+        moved.wait(WAIT)
+        full_after.append(ctx.mailbox_full)
+        after.extend(_attempt(ctx, route, len(before) + i) for i in range(100))
+
+    worker = _start_with_a_full_mailbox(server, peers, script)
+    peer = net.accept(listener)
+    assert refusing.wait(timeout=WAIT), "no send was refused"
+    # The send that found the output stuck waited and was queued; the next ones were refused
+    # without waiting, and the peer has read nothing yet: no byte moved meanwhile.
+    assert before[-4:] == [(False, True)] + [(True, False)] * 3
+    assert server.transport.connections[sink].stalled
+    queued = list(range(len(before) - 3))
+
+    got: List[int] = []
+    arrived = Event()
+    reader = gevent.spawn(_read, peer, got, arrived, 16384)
+    try:
+        wait_until(lambda: len(got) == len(queued), arrived, "what was queued at the peer")
+        assert not server.transport.connections[sink].stalled  # every byte queued went out
+        moved.set()
+        assert worker.done.wait(timeout=WAIT), "the worker's later sends did not end"
+        assert full_after == [True]
+        assert [refused for refused, _ in after] == [False] * 100
+        assert any(waited for _, waited in after), "no later send waited: the output never filled"
+        wait_until(lambda: len(got) == len(queued) + 100, arrived, "the later payloads")
+    finally:
+        reader.kill()
+    assert got == queued + list(range(len(before), len(before) + 100))
 
 
 # --- graceful stop -------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ class Connection:
         "_write_watcher",
         "_read_watcher",
         "_drained",
+        "_moved",
+        "_stalled_at",
         "_held",
         "_watchers",
         "_paused",
@@ -169,6 +171,12 @@ class Connection:
         self._write_watcher: Any = None  # made when the kernel buffer first fills
         self._read_watcher: Any = None
         self._drained: Optional[Event] = None
+        # How often bytes of the output went out, as far as a waiting local sender needs to know
+        # (wait_drained): every partial send counts, and every full one once _drained is made
+        # (wait_drained makes it before it reads the count), so the normal path pays nothing.
+        # _stalled_at: the count when a wait found the output stuck (see stalled).
+        self._moved = 0
+        self._stalled_at = -1
         # Made on first use (an idle connection needs neither): the sources paused because
         # their forwarded frames filled our output, and the on_close callbacks.
         self._held: Optional[Held] = None
@@ -287,9 +295,12 @@ class Connection:
             out.clear()
             self._out_bytes = 0
             if self._drained is not None or self._held:
+                self._moved += 1
                 self._on_drained()
         else:
             # The kernel buffer is full: keep the rest and wait until the socket is writable.
+            if sent:
+                self._moved += 1
             out[:] = [data[sent:]]
             self._out_bytes = len(data) - sent
             if self._write_watcher is None:
@@ -306,20 +317,41 @@ class Connection:
         if self._held:
             self._held.release()
 
+    @property
+    def stalled(self) -> bool:
+        """True once a worker's wait found this connection's output stuck (:meth:`wait_drained`),
+        until some of it goes out again: meanwhile the transport refuses at once what a worker
+        whose own mailbox is full sends here (:class:`OutputFull`)."""
+        return self._stalled_at == self._moved
+
     def wait_drained(self, high_water: int, ctx: Optional[Context] = None) -> None:
         """Block the calling greenlet while more than ``high_water`` bytes wait to go out.
 
-        A worker (``ctx``) stops waiting as soon as its own mailbox is full: it is not draining
-        it while it waits, and the peer may be waiting for it (see :class:`OutputFull`).
+        A worker (``ctx``) waits as long as the output moves. It looks at it once per
+        ``stall_timeout`` of the transport (:class:`TcpTransport`): when nothing of it went out
+        for that whole interval and the worker's own mailbox is full, its wait ends (what it
+        sent stays queued) and the connection is :attr:`stalled`. Such a worker is not draining
+        its mailbox while it waits, and the peer may be waiting for it (see :class:`OutputFull`).
+        A mailbox that fills does not cut a wait short by itself: it is looked at when the
+        interval ends, so the output has always had ``stall_timeout`` to move.
+
+        Raises:
+            ConnectionLost: the connection closed meanwhile.
         """
+        drained = self._drained
+        if drained is None:
+            drained = self._drained = Event()  # from now on every flush that sends counts
+        moved = self._moved
         while self._out_bytes > high_water and self._state == _OPEN:
-            if self._drained is None:
-                self._drained = Event()
-            self._drained.clear()
+            drained.clear()
             if ctx is None:
-                self._drained.wait()
-            elif not ctx.wait_unless_full(self._drained):
-                return
+                drained.wait()
+            elif not drained.wait(self._transport.stall_timeout):  # an interval without a drain
+                if self._moved != moved:
+                    moved = self._moved  # slow, not stuck: wait on
+                elif ctx.mailbox_full:
+                    self._stalled_at = moved
+                    return
         if self._state == _CLOSED:
             raise ConnectionLost(f"connection to {self.peer} closed: {self._error or 'closed'}")
 
@@ -516,6 +548,13 @@ class TcpTransport:
     Attributes:
         high_water: bytes queued on one connection before local senders wait and forwarding
             connections pause (1 MiB).
+        stall_timeout: seconds a connection's output past ``high_water`` may go without a byte
+            of it going out before a worker whose own mailbox is full stops waiting for it
+            (1.0): the connection is then *stalled* (:attr:`Connection.stalled`), and such a
+            worker's further sends to it raise :class:`~greenockam.errors.OutputFull` at once,
+            without waiting, until its output moves again. A waiting worker looks once per
+            interval: it finds the output stalled at most two intervals after it last moved, and
+            one after its mailbox filled. Other local senders wait as long as it takes.
         max_grants: confined marks (each with the hop after it) one connection remembers that
             it may reply along (1024; the least recently granted is forgotten first).
         max_grant_hop: the longest hop, in characters, that a grant records after a mark (255);
@@ -525,6 +564,7 @@ class TcpTransport:
     """
 
     high_water = 1 << 20
+    stall_timeout = 1.0
     read_size = 65536
     backlog = 1024
     max_grants = 1024
@@ -713,9 +753,10 @@ class TcpTransport:
         For a local sender (``source is None``) this may wait for the connection to open and for
         a full output to drain, and raises :class:`ConnectFailed`,
         :class:`~greenockam.errors.LocalProtocolError` (body over 65535 bytes),
-        :class:`ConnectionLost`, or :class:`OutputFull` (a worker whose own mailbox is full, past
-        :attr:`high_water`). A forwarded message never waits: failures are logged and counted,
-        and a connection whose output is past :attr:`high_water` pauses ``source``.
+        :class:`ConnectionLost`, or :class:`OutputFull` (a worker whose own mailbox is full,
+        to a :attr:`Connection.stalled` connection: see :attr:`stall_timeout`). A forwarded
+        message never waits: failures are logged and counted, and a connection whose output is
+        past :attr:`high_water` pauses ``source``.
         """
         peer = message[1][0][1]
         conn = self._connections.get(peer)
@@ -777,9 +818,10 @@ class TcpTransport:
             ctx = None
             if conn._out_bytes > self.high_water:
                 ctx = self.node.current_context()
-                if ctx is not None and ctx.mailbox_full:
+                if ctx is not None and ctx.mailbox_full and conn.stalled:
                     raise OutputFull(
-                        f"{conn._out_bytes} bytes wait to go to {conn.peer} and the mailbox of "
+                        f"the output to {conn.peer} is stalled ({conn._out_bytes} bytes wait, none "
+                        f"has gone out for at least {self.stall_timeout} s) and the mailbox of "
                         f"{ctx.address} is full: waiting could deadlock, message refused"
                     )
             conn.write(frame)
