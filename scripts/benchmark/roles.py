@@ -33,9 +33,11 @@ from .common import MESSAGE, emit, greenockam_frames, raise_nofile
 # What a client process can measure.
 PHASES = ("rtt", "pipelined", "conns", "idle", "hub", "secure_rtt", "secure_pipelined")
 # The hub phase keeps at most this many messages unanswered, straight and through the hub alike
-# (about 0.7 MB of frames, below a connection's 1 MiB high_water): an unbounded burst through two
-# hops can fill the echoer's mailbox and its output to the hub at once, and a worker in that
-# state refuses its reply (OutputFull, README "Flow control") rather than risk a deadlock.
+# (about 0.7 MB of frames, below a connection's 1 MiB high_water). It came in when a worker whose
+# mailbox was full refused its reply (OutputFull) as soon as its output was past high_water,
+# which an unbounded burst through two hops hit at the echoer; such a worker now waits while its
+# output moves (README "Mailboxes and flow control"), and the bound stays so that the hub
+# figures compare with the earlier ones.
 HUB_WINDOW = 10_000
 WINDOW_STEP = 500  # how often a windowed sender looks at what came back
 
