@@ -572,8 +572,8 @@ def test_two_workers_on_two_nodes_flooding_each_other_over_tcp_do_not_deadlock()
                         f"deadlock: nothing moved for 10 s; sent {a.sent}, {b.sent}, "
                         f"received {a.received}, {b.received}"
                     )
-        # Each output stalled with its worker's mailbox full (OutputFull): that broke the cycle.
-        assert a.refused and b.refused, "no output ever stalled: not a flood"
+        # An output stalled with its worker's mailbox full (OutputFull): that broke the cycle.
+        assert a.refused or b.refused, "no output ever stalled: not a flood"
     finally:  # a short timeout: deadlocked workers are killed rather than waited for
         node1.stop(timeout=0.5)
         node2.stop(timeout=0.5)
