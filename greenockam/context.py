@@ -396,9 +396,10 @@ class Context:
         call per share rather than per message, and sources are held exactly where they would
         be with a call per message."""
         contention = self._contention
-        if not contention:
-            self._quick = self._share // 2 + 1  # _set_quick(), knowing what changed
+        starting = not contention
         n = contention[source] = contention.get(source, 0) + added
+        if starting:
+            self._set_quick()
         room = self._mailbox_size - len(self.mailbox.items)
         if n > self._share or room < 0:
             self.hold(source)

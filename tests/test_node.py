@@ -890,6 +890,17 @@ def test_the_counts_past_the_share_start_again_once_the_mailbox_is_drained_to_ha
         ]
 
 
+def test_a_stop_signal_is_raised_in_its_turn_even_when_messages_behind_it_start_the_counts():
+    with Node(mailbox_size=64, source_share=8) as node, node.open_context("sink") as sink:
+        sink.interrupt()  # receives now raise NodeStopped
+        src = RecordingSource(depth=lambda: depth(node, "sink"))
+        node.deliver([network_message(["sink"], str(i)) for i in range(12)], src)
+        poll_until(lambda: depth(node, "sink") == 13, "the twelve to arrive")
+        assert src.calls == []  # counted past the share (5 of them), not held
+        with pytest.raises(NodeStopped):
+            sink.receive(timeout=WAIT)  # the signal came first: no shortcut past it
+
+
 def test_the_share_cannot_exceed_the_mailbox_and_must_be_positive():
     with Node(mailbox_size=10, source_share=100) as node:
         assert node.source_share == 10
