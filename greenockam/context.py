@@ -338,6 +338,8 @@ class Context:
                 raise ReceiveTimeout(
                     f"no message for {self.address} within {timeout} seconds"
                 ) from None
+        if not self._quick:  # no signal waits, nothing contends (see _set_quick)
+            return msg  # type: ignore[no-any-return]
         if type(msg) is _Signal:
             if msg.repeat:
                 mailbox.put(msg)  # keep waking every other receiver too

@@ -83,6 +83,7 @@ class Router:
         "_contexts",
         "_endpoints",
         "_transports",
+        "_share",
         "_ready",
         "_idle",
         "_hub",
@@ -102,6 +103,7 @@ class Router:
         self._contexts = contexts
         self._endpoints = endpoints
         self._transports = transports
+        self._share = node.source_share  # fixed when the node is made, as its contexts' copies
         self._ready: Deque[_Batch] = deque()
         self._idle = False
         self._hub = node.hub
@@ -171,9 +173,10 @@ class Router:
             self._idle = True
             if wake:
                 last = wake.pop()
-                for waiter in wake:
-                    run_callback(waiter.switch, None)
-                wake.clear()
+                if wake:  # the others, through the hub
+                    for waiter in wake:
+                        run_callback(waiter.switch, None)
+                    wake.clear()
                 # The waiter's greenlet is parked in Waiter.get (hub.switch): nothing ran since
                 # its waiter left the mailbox, so this cannot wake it anywhere else.
                 last.greenlet.switch(None)
@@ -186,13 +189,16 @@ class Router:
         """Dispatch messages that came from ``source`` (docs/protocol.md, rule 2), never
         raising or blocking; the receivers to wake are appended to ``wake``. Called by the
         router greenlet for what it read, and by a middleware worker's ``forward``."""
-        # Only what every message needs is loaded up front: relay() calls this per run.
+        # Only what every message needs is set up front: a read often holds one message, and
+        # relay() calls this per run. last_onward: the onward route last resolved to a context,
+        # last_ctx; run: messages in a row for one endpoint, with the onward route run_onward
+        # (None: no run).
         contexts = self._contexts
-        share = self.node.source_share
+        share = self._share
         last_onward: Any = None
-        last_ctx: Any = None  # the context of last_onward
-        run: List[TransportMessage] = []  # messages in a row for one endpoint
-        run_onward: Any = None  # their onward route
+        last_ctx: Any = None
+        run: Any = None
+        run_onward: Any = None
         routed = 0  # added to self.routed once, at the end
         # Past its share, a mailbox takes ``budget`` more messages from source before the next
         # Context.contend, which is told of the ``uncounted`` ones (see there).
@@ -205,14 +211,13 @@ class Router:
                 run.append(msg)
                 continue
             else:
-                if run:  # handed over before anything after it is routed
+                if run_onward is not None:  # handed over before anything after it is routed
                     self._to_endpoint(run, source)
-                    run = []
+                    run_onward = None
                 if uncounted:
                     last_ctx.contend(source, uncounted)
-                budget = uncounted = 0
-                # until this route resolves to a local context or endpoint
-                last_onward = run_onward = None
+                    uncounted = 0
+                budget = 0
                 if not onward:
                     self.node.drop("empty_route", msg, source)
                     continue
@@ -226,9 +231,10 @@ class Router:
                     routed += 1
                     continue
                 ctx = contexts.get(value)
-                if ctx is None:
-                    run.append(msg)
+                if ctx is None:  # an endpoint's, or nobody's (see _to_endpoint)
+                    run = [msg]
                     run_onward = onward
+                    last_onward = None  # the run goes first: what follows waits for it
                     continue
                 last_onward, last_ctx = onward, ctx
             mailbox = ctx.mailbox
@@ -247,7 +253,7 @@ class Router:
         self.routed += routed
         if uncounted:
             last_ctx.contend(source, uncounted)
-        if run:
+        if run_onward is not None:
             self._to_endpoint(run, source)
 
     def relay(self, messages: List[TransportMessage], source: Source) -> None:
