@@ -741,6 +741,40 @@ def test_a_stalled_output_refuses_a_full_worker_at_once_until_it_moves_again(
     assert got == queued + list(range(len(before), len(before) + 100))
 
 
+def test_a_sender_waiting_for_its_output_goes_on_once_it_is_back_under_high_water(make_server, net):
+    """A local sender whose output is past high_water waits, and goes on as soon as the output
+    is back under the mark, not only once it is empty: the peer reads slowly, and the sends that
+    waited return while bytes of the output are still going out."""
+    server = make_server()
+    listener, sink = net.listener()
+    route = Route([f"1#{sink}", "sink"])
+    count = 150  # 9 MB: more than the kernel buffers (about 4 MB here) and high_water hold
+    ctx = server.node.open_context()  # an application's sender: it waits however long it takes
+    pending_after_waits: List[int] = []
+
+    def send_all():
+        for i in range(count):
+            refused, waited = _attempt(ctx, route, i)
+            assert not refused
+            if waited and i:  # the first one waited for the connection to open
+                pending_after_waits.append(server.transport.connections[sink].pending)
+
+    sender = gevent.spawn(send_all)
+    got: List[int] = []
+    arrived = Event()
+    reader = gevent.spawn(_read, net.accept(listener), got, arrived, 16384, pause=0.002)
+    try:
+        sender.get(timeout=50)
+        wait_until(lambda: len(got) == count, arrived, "every payload at the peer")
+    finally:
+        sender.kill()
+        reader.kill()
+        ctx.close()
+    assert got == list(range(count))
+    assert pending_after_waits, "no send waited: the output never filled"
+    assert max(pending_after_waits) > 0, "every wait lasted until the output was empty"
+
+
 # --- graceful stop -------------------------------------------------------------------------------
 
 

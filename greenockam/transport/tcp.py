@@ -303,6 +303,8 @@ class Connection:
                 self._moved += 1
             out[:] = [data[sent:]]
             self._out_bytes = len(data) - sent
+            if self._drained is not None and self._out_bytes <= self._transport.high_water:
+                self._drained.set()  # back under the mark: a waiting sender goes on now
             if self._write_watcher is None:
                 self._write_watcher = self._loop.io(self._sock.fileno(), 2)  # type: ignore[union-attr]
             self._write_watcher.start(self._on_writable)
@@ -316,6 +318,12 @@ class Connection:
             self._drained.set()
         if self._held:
             self._held.release()
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued on this connection that have not gone out yet (a local sender's next
+        send waits while they are more than the transport's ``high_water``)."""
+        return self._out_bytes
 
     @property
     def stalled(self) -> bool:
