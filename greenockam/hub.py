@@ -80,7 +80,7 @@ class _Forwarder(Endpoint):
             self.handle_run([message], source)
             return
         self.hub.forwarded += 1
-        self.hub.node.route(_message(self.route, message[2], message[3]), None)
+        self.hub.node.dispatch(_message(self.route, message[2], message[3]))
 
     def handle_run(self, messages: List[TransportMessage], source: Source) -> None:
         """Messages that came in a row from one connection: re-routed together, with one
@@ -93,12 +93,8 @@ class _Forwarder(Endpoint):
         vouched = Vouched(source)
         if self.endpoint is not None:
             self.endpoint.handle_run(forwards, vouched)
-            return
-        try:
+        else:
             hub.node.relay_run(forwards, vouched)
-        except NodeStopped:
-            for forward in forwards:
-                hub.node.drop("stopped", forward, vouched)
 
 
 class _EchoService(Endpoint):

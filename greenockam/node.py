@@ -439,20 +439,17 @@ class Node:
         if source is None:
             self.dispatch(msg)
             return
-        try:
-            self.relay(msg, source)
-        except NodeStopped:
-            self.drop("stopped", msg, source)
+        self.relay_run([msg], source)
 
     def relay_run(self, messages: List[TransportMessage], source: Source) -> None:
         """:meth:`relay` for several messages from ``source``, in order: what an endpoint that
-        takes runs (:meth:`~greenockam.transport.base.Endpoint.handle_run`) sends on.
-
-        Raises:
-            NodeStopped: the node is stopped.
-        """
+        takes runs (:meth:`~greenockam.transport.base.Endpoint.handle_run`) sends on. Never
+        raises, as an endpoint must not: once the node is stopped, the messages are dropped and
+        counted as ``stopped``."""
         if self._state != _RUNNING:
-            raise NodeStopped("the node is stopped")
+            for msg in messages:
+                self.drop("stopped", msg, source)
+            return
         self._router.relay(messages, source)
 
     def outlet(self, route: Route, return_route: Route) -> Optional[Outlet]:

@@ -669,11 +669,7 @@ class SecureChannel:
         self._received += len(delivered)
         node = self.node
         if source is not None:
-            try:
-                node.relay_run(delivered, source)
-            except NodeStopped:
-                for message in delivered:
-                    node.drop("stopped", message, source)
+            node.relay_run(delivered, source)
             return
         for message in delivered:
             try:
