@@ -441,17 +441,33 @@ def run_script(name, *args, timeout=SCRIPT_WAIT, **options):
     return run_process([sys.executable, os.path.join(SCRIPTS, name), *args], timeout, **options)
 
 
-class Line:
-    """A source for ``Node.deliver``: a connection as the router sees it, with nothing behind."""
+class RecordingSource:
+    """A source for ``Node.deliver`` and ``Node.route``: what the router needs from a
+    connection (a peer name, pause() and resume()), with nothing behind it.
 
-    peer = "127.0.0.1:5"
-    mark: Optional[Address] = None
+    Records the calls; ``depth`` (optional callable) is sampled at each call.
+    """
 
-    def read(self):
-        return []
+    mark: Optional[Address] = None  # not a connection of a transport
+
+    def __init__(self, peer="127.0.0.1:54321", depth=None):
+        self.peer = peer
+        self.calls = []
+        self.depths = []
+        self.paused = Event()
+        self.resumed = Event()
+        self._depth = depth
 
     def pause(self):
-        pass
+        self.calls.append("pause")
+        self.depths.append(self._depth() if self._depth else None)
+        self.paused.set()
 
     def resume(self):
-        pass
+        self.calls.append("resume")
+        self.depths.append(self._depth() if self._depth else None)
+        self.resumed.set()
+
+    def read(self):
+        """Part of the ``Source`` protocol, but ``Node.deliver`` never reads its source."""
+        raise AssertionError("Node.deliver read its source")

@@ -9,7 +9,6 @@ provides (a ``Source`` for ``Node.deliver`` and a ``Transport`` for ``register_t
 import json
 import re
 import time
-from typing import Optional
 
 import gevent
 import pytest
@@ -38,7 +37,7 @@ from greenockam import (
     WorkerInitError,
 )
 from greenockam.address import Route
-from helpers import Echo, LogCapture, live_greenlets, poll_until
+from helpers import Echo, LogCapture, RecordingSource, live_greenlets, poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,37 +128,6 @@ class Silent(Worker):
 
     def handle_message(self, ctx, msg):
         pass
-
-
-class RecordingSource:
-    """What ``Node.deliver`` needs from a connection: a peer name, pause() and resume().
-
-    Records the calls; ``depth`` (optional callable) is sampled at each call.
-    """
-
-    mark: Optional[Address] = None  # not a connection of a transport
-
-    def __init__(self, peer="127.0.0.1:54321", depth=None):
-        self.peer = peer
-        self.calls = []
-        self.depths = []
-        self.paused = Event()
-        self.resumed = Event()
-        self._depth = depth
-
-    def pause(self):
-        self.calls.append("pause")
-        self.depths.append(self._depth() if self._depth else None)
-        self.paused.set()
-
-    def resume(self):
-        self.calls.append("resume")
-        self.depths.append(self._depth() if self._depth else None)
-        self.resumed.set()
-
-    def read(self):
-        """Part of the ``Source`` protocol, but ``Node.deliver`` never reads its source."""
-        raise AssertionError("Node.deliver read its source")
 
 
 class RecordingTransport:

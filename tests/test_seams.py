@@ -28,7 +28,7 @@ from greenockam.transport.base import Endpoint
 from helpers import (
     WAIT,
     Echo,
-    Line,
+    RecordingSource,
     bare_str,
     peer_name,
     poll_until,
@@ -149,11 +149,12 @@ def test_node_route_raises_to_a_local_sender_and_drops_for_a_source():
         lost = TransportMessage(route("nobody"), route("service"), b"")
         with pytest.raises(UnknownAddress):
             node.route(lost, None)
-        node.route(lost, Line())  # as forwarded: dropped and counted at once, never raised
+        # As forwarded: dropped and counted at once, never raised.
+        node.route(lost, RecordingSource())
         assert node.statistics()["dropped"]["unknown_address"] == 1
     finally:
         node.stop()
-    node.route(lost, Line())
+    node.route(lost, RecordingSource())
     assert node.statistics()["dropped"]["stopped"] == 1
     with pytest.raises(NodeStopped):
         node.route(lost, None)
@@ -176,7 +177,7 @@ def test_an_endpoint_that_takes_runs_gets_messages_in_a_row_at_once_and_in_order
     node.start_endpoint("runs", Runs())
     node.start_endpoint("other", One())
     to_runs, to_other, back = route("runs"), route("other"), route("peer")  # as a decoder does
-    line = Line()
+    line = RecordingSource()
     node.deliver(
         [TransportMessage(to, back, bytes([i])) for i, to in
          enumerate([to_runs, to_runs, to_runs, to_other, to_runs])],
@@ -200,7 +201,7 @@ def test_an_endpoint_failing_on_one_message_of_a_run_loses_only_that_message(nod
     node.start_endpoint("picky", Picky())
     to_picky, back = route("picky"), route("peer")
     node.deliver(
-        [TransportMessage(to_picky, back, p) for p in (b"one", b"bad", b"two")], Line()
+        [TransportMessage(to_picky, back, p) for p in (b"one", b"bad", b"two")], RecordingSource()
     )
     assert [handled.get(timeout=WAIT) for _ in range(2)] == [b"one", b"two"]
     assert node.statistics()["dropped"]["endpoint_error"] == 1

@@ -54,7 +54,7 @@ from greenockam.secure import (
 from greenockam.secure.channel import decode_create_responder, encode_create_responder
 from greenockam.transport.tcp import TcpTransport
 from greenockam.wire import decode_body, encode_body
-from helpers import WAIT, Line, poll_until, split_host_port
+from helpers import WAIT, RecordingSource, poll_until, split_host_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -385,7 +385,8 @@ def test_in_a_run_of_ciphertexts_only_the_bad_ones_are_lost(local):
     tampered = BARE.encode(genuine[:-1] + bytes([genuine[-1] ^ 1]))
     payloads = [first, tampered, first, peer.sealed(["echoer"], "last")]  # first again: replay
     back = Route(["1#127.0.0.1:5"])
-    node.deliver([TransportMessage(peer.route, back, p) for p in payloads], Line())  # one run
+    run = [TransportMessage(peer.route, back, p) for p in payloads]
+    node.deliver(run, RecordingSource())  # one run
     assert [echoer.seen.get(timeout=WAIT)[0] for _ in range(2)] == ["first", "last"]
     assert dropped(node, "secure_channel_undecryptable") == 1
     assert dropped(node, "secure_channel_replayed") == 1
@@ -402,7 +403,7 @@ def test_what_follows_a_refused_handshake_in_the_same_run_is_dropped(local):
     message_3 = BARE.encode(peer.handshake.write_message())  # from a key "strict" refuses
     payloads = [message_3, peer.sealed(["echoer"], "smuggled")]
     node.deliver([TransportMessage(peer.route, Route(["1#127.0.0.1:5"]), p) for p in payloads],
-                 Line())  # one run: the ciphertext reaches the end while it closes
+                 RecordingSource())  # one run: the ciphertext reaches the end while it closes
     poll_until(lambda: dropped(node, "secure_channel_untrusted") == 1, "the refusal")
     poll_until(lambda: dropped(node, "unknown_address") == 1, "the ciphertext's drop")
     assert dropped(node, "endpoint_error") == 0 and echoer.seen.empty()
